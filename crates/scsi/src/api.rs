@@ -1,0 +1,100 @@
+//! The types a transport uses to talk to the SCSI engine.
+
+/// Identifies one I_T nexus (initiator port ↔ target port). The transport assigns it
+/// (iSCSI: one per session, from the initiator name + ISID and the target portal group).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nexus {
+    /// Transport-unique id of this nexus (stable for the life of the session).
+    pub id: u64,
+    /// Initiator port name, e.g. `iqn.1994-05.com.redhat:host,i,0x00023d000001`.
+    pub initiator_port: String,
+    /// Relative target port identifier (1-based; one per target portal group).
+    pub relative_port_id: u16,
+}
+
+/// SAM task attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAttr {
+    /// Untagged.
+    Untagged,
+    /// Simple.
+    Simple,
+    /// Ordered.
+    Ordered,
+    /// Head of queue.
+    HeadOfQueue,
+    /// ACA.
+    Aca,
+}
+
+/// One SCSI command as the transport received it.
+#[derive(Debug)]
+pub struct ScsiRequest<'a> {
+    /// Who sent it.
+    pub nexus: &'a Nexus,
+    /// The 8-byte SAM LUN field as received (single-level flat or peripheral addressing).
+    pub lun: u64,
+    /// The CDB (6 to 16 bytes; longer CDBs from additional header segments allowed).
+    pub cdb: &'a [u8],
+    /// Data the initiator sent with the command (write data / parameter lists). Its
+    /// length is what the transport actually received (iSCSI: up to the expected data
+    /// transfer length).
+    pub data_out: &'a [u8],
+    /// The expected data transfer length for data-in (iSCSI EDTL for READ direction, or
+    /// the bidirectional read length). The engine never returns more data-in than this.
+    pub data_in_len_max: u32,
+    /// Task attribute.
+    pub attr: TaskAttr,
+}
+
+/// SCSI status codes (SAM-5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ScsiStatus {
+    /// GOOD.
+    Good = 0x00,
+    /// CHECK CONDITION (sense data attached).
+    CheckCondition = 0x02,
+    /// CONDITION MET.
+    ConditionMet = 0x04,
+    /// BUSY.
+    Busy = 0x08,
+    /// RESERVATION CONFLICT.
+    ReservationConflict = 0x18,
+    /// TASK SET FULL.
+    TaskSetFull = 0x28,
+    /// ACA ACTIVE.
+    AcaActive = 0x30,
+    /// TASK ABORTED.
+    TaskAborted = 0x40,
+}
+
+/// What the engine answers to one command.
+#[derive(Debug, Clone)]
+pub struct ScsiResponse {
+    /// SCSI status.
+    pub status: ScsiStatus,
+    /// Sense data bytes (fixed or descriptor format), present with CHECK CONDITION.
+    pub sense: Option<Vec<u8>>,
+    /// Number of data-in bytes placed in the caller's buffer (≤ `data_in_len_max`).
+    pub data_in_len: u32,
+    /// The number of bytes the CDB itself asked to transfer (data-in or data-out),
+    /// when the command has a transfer; the transport compares it with its expected
+    /// data transfer length to report residual overflow/underflow.
+    pub cdb_transfer_len: Option<u64>,
+}
+
+/// Task management functions a transport forwards to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskMgmt {
+    /// ABORT TASK SET for one nexus on one LUN.
+    AbortTaskSet,
+    /// CLEAR TASK SET (all nexuses) on one LUN.
+    ClearTaskSet,
+    /// LOGICAL UNIT RESET.
+    LunReset,
+    /// TARGET WARM RESET (all LUNs).
+    TargetWarmReset,
+    /// TARGET COLD RESET (all LUNs).
+    TargetColdReset,
+}
