@@ -13,6 +13,10 @@
 //! [`BlockError::Unaligned`] otherwise, and [`BlockError::OutOfRange`] for I/O past
 //! [`BlockDevice::size_bytes`].
 
+mod iobuf;
+
+pub use iobuf::IoBuf;
+
 use std::fmt;
 
 /// Errors from block I/O.
