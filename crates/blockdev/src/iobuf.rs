@@ -65,7 +65,12 @@ impl IoBuf {
         if len > self.len {
             // SAFETY: reserve_total guaranteed cap >= len; the range [self.len, len) is
             // inside the allocation.
-            unsafe { self.ptr.as_ptr().add(self.len).write_bytes(0, len - self.len) };
+            unsafe {
+                self.ptr
+                    .as_ptr()
+                    .add(self.len)
+                    .write_bytes(0, len - self.len)
+            };
         }
         self.len = len;
     }
@@ -77,12 +82,19 @@ impl IoBuf {
 
     /// Append bytes.
     pub fn extend_from_slice(&mut self, data: &[u8]) {
-        let new_len = self.len.checked_add(data.len()).expect("IoBuf length overflow");
+        let new_len = self
+            .len
+            .checked_add(data.len())
+            .expect("IoBuf length overflow");
         self.reserve_total(new_len);
         // SAFETY: capacity >= new_len; source and destination do not overlap because
         // `data` cannot borrow from `self` while `self` is mutably borrowed.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(self.len), data.len());
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr.as_ptr().add(self.len),
+                data.len(),
+            );
         }
         self.len = new_len;
     }
@@ -149,7 +161,10 @@ impl Drop for IoBuf {
 
 impl std::fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoBuf").field("len", &self.len).field("cap", &self.cap).finish()
+        f.debug_struct("IoBuf")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .finish()
     }
 }
 

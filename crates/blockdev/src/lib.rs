@@ -13,9 +13,17 @@
 //! [`BlockError::Unaligned`] otherwise, and [`BlockError::OutOfRange`] for I/O past
 //! [`BlockDevice::size_bytes`].
 
+mod fault;
+mod file;
 mod iobuf;
+mod mem;
+mod sys;
+mod uring;
 
+pub use fault::{FaultDevice, FaultOp, LbaFault};
+pub use file::{DirectPreference, EnginePreference, FileDevice, FileOptions};
 pub use iobuf::IoBuf;
+pub use mem::MemDevice;
 
 use std::fmt;
 
