@@ -78,9 +78,12 @@ pub struct ScsiResponse {
     pub sense: Option<Vec<u8>>,
     /// Number of data-in bytes placed in the caller's buffer (≤ `data_in_len_max`).
     pub data_in_len: u32,
-    /// The number of bytes the CDB itself asked to transfer (data-in or data-out),
-    /// when the command has a transfer; the transport compares it with its expected
-    /// data transfer length to report residual overflow/underflow.
+    /// The number of bytes the command would transfer (data-in or data-out) if the
+    /// transport's expected data transfer length did not limit it — iSCSI's SPDTL: for
+    /// READ/WRITE the CDB's transfer length in bytes, for commands with an allocation
+    /// length `min(allocation length, available data)`. `None` for commands without a
+    /// transfer. The transport compares it with its expected data transfer length to
+    /// report residual overflow/underflow (also on CHECK CONDITION).
     pub cdb_transfer_len: Option<u64>,
 }
 
@@ -97,4 +100,15 @@ pub enum TaskMgmt {
     TargetWarmReset,
     /// TARGET COLD RESET (all LUNs).
     TargetColdReset,
+}
+
+/// Why a task management function could not be performed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TmfError {
+    /// The LUN field does not address a configured LUN (iSCSI: "LUN does not exist").
+    #[error("no such LUN (LUN field {0:#018x})")]
+    NoSuchLun(u64),
+    /// The function is not supported (iSCSI: "task management function not supported").
+    #[error("task management function not supported")]
+    NotSupported,
 }

@@ -11,10 +11,45 @@
 //!
 //! ```text
 //! LunMap::new(Vec<(u64 lun, Arc<LogicalUnit>)>)
-//! LunMap::execute(&self, &ScsiRequest, &mut Vec<u8> data_in) -> ScsiResponse
-//! LunMap::lun_reset(lun, ...) / LunMap::nexus_loss(nexus) / ...
+//! LunMap::execute(&self, &ScsiRequest, &mut IoBuf data_in) -> ScsiResponse
+//! LunMap::task_mgmt(&self, &Nexus, raw LUN field, TaskMgmt) -> Result<(), TmfError>
+//! LunMap::nexus_lost(&self, &Nexus)
+//! LunMap::decode_lun(raw) / LunMap::encode_lun(lun)
 //! ```
+//!
+//! The engine is `Send + Sync`; `execute` may be called concurrently from any number
+//! of threads and does block I/O synchronously on the calling thread, holding no lock
+//! across it.
+//!
+//! ## Modules
+//!
+//! - [`cdb`]: CDB → [`Command`] (total, fuzzed).
+//! - [`sense`]: fixed and descriptor sense data.
+//! - `lun`: [`LogicalUnit`], [`LunConfig`], command dispatch and non-medium commands.
+//! - `block`: READ/WRITE/VERIFY/ORWRITE/WRITE SAME (the data path).
+//! - [`inquiry`], [`mode`], [`rsoc`]: INQUIRY/VPD, mode pages, supported opcodes.
+//! - `ua`, `gate`: unit attention table, read-modify-write exclusion.
+//! - `lunmap`: [`LunMap`], LUN addressing, REPORT LUNS, task management.
+//! - [`fuzzing`]: a memory device and a one-call harness for fuzzers and property tests.
 
 pub mod api;
+mod block;
+pub mod cdb;
+pub mod fuzzing;
+mod gate;
+pub mod inquiry;
+mod lun;
+mod lunmap;
+pub mod mode;
+pub mod rsoc;
+pub mod sense;
+mod ua;
 
 pub use api::*;
+pub use cdb::{decode_cdb, CdbError, Command};
+pub use lun::{limits, LogicalUnit, LunConfig};
+pub use lunmap::{LunMap, LunMapError, LUN_MAX};
+pub use sense::Sense;
+
+#[cfg(test)]
+mod tests;

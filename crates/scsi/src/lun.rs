@@ -1,0 +1,558 @@
+//! One logical unit: [`LunConfig`] (identity), [`LogicalUnit`] (device, mode
+//! parameters, unit attentions per I_T nexus, the RESERVE(6) holder) and the command
+//! dispatcher that runs a decoded CDB against it.
+//!
+//! Owns: the order of checks every command goes through (capacity change → unit
+//! attention → reservation → command), the non-medium commands (INQUIRY, MODE
+//! SENSE/SELECT, REQUEST SENSE, READ CAPACITY, RSOC, RESERVE/RELEASE, START STOP UNIT)
+//! and the transfer-length bookkeeping reported back to the transport. Medium access
+//! commands live in `block.rs`.
+//!
+//! Concurrency: `execute` takes `&self` and is called from many sessions at once. No
+//! lock is held across block I/O; the per-command locks are one shard of the unit
+//! attention table and, only while a RESERVE(6) is held, the holder mutex.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use twinsan_blockdev::{BlockDevice, BlockError, IoBuf};
+use uuid::Uuid;
+
+use crate::api::{ScsiRequest, ScsiResponse, ScsiStatus};
+use crate::cdb::{CdbError, Command};
+use crate::gate::WriteGate;
+use crate::mode::{self, ModeContext};
+use crate::sense::{asc, key, Sense};
+use crate::ua::UaTable;
+use crate::{inquiry, rsoc};
+
+/// Transfer limits the engine enforces and reports in the block limits VPD page.
+pub mod limits {
+    /// Largest READ/WRITE/VERIFY/ORWRITE transfer, in bytes.
+    pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+    /// Preferred transfer size, in bytes.
+    pub const OPTIMAL_TRANSFER_BYTES: u64 = 1 << 20;
+    /// Largest WRITE SAME, in bytes of medium written.
+    pub const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
+    /// Chunk size WRITE SAME and VERIFY work in, in bytes.
+    pub const CHUNK_BYTES: u64 = 1 << 20;
+
+    /// [`MAX_TRANSFER_BYTES`] in blocks of `bs` bytes.
+    pub fn max_transfer_blocks(bs: u32) -> u32 {
+        (MAX_TRANSFER_BYTES / u64::from(bs.max(1))).max(1) as u32
+    }
+    /// [`OPTIMAL_TRANSFER_BYTES`] in blocks of `bs` bytes.
+    pub fn optimal_transfer_blocks(bs: u32) -> u32 {
+        (OPTIMAL_TRANSFER_BYTES / u64::from(bs.max(1))).max(1) as u32
+    }
+    /// [`MAX_WRITE_SAME_BYTES`] in blocks of `bs` bytes.
+    pub fn max_write_same_blocks(bs: u32) -> u64 {
+        (MAX_WRITE_SAME_BYTES / u64::from(bs.max(1))).max(1)
+    }
+}
+
+/// Identity and policy of one LUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunConfig {
+    /// Stable per-LUN identity; the NAA-6 designator and unit serial derive from it.
+    pub uuid: Uuid,
+    /// T10 vendor identification (8 characters on the wire, space padded).
+    pub vendor: String,
+    /// Product identification (16 characters on the wire).
+    pub product: String,
+    /// Product revision level (4 characters on the wire).
+    pub revision: String,
+    /// Write-protected LUN: WP bit set, writes fail with DATA PROTECT / WRITE PROTECTED.
+    pub read_only: bool,
+}
+
+impl LunConfig {
+    /// Defaults: vendor `TWINSAN`, product `VIRTUAL-DISK`, revision `0001`, writable.
+    pub fn new(uuid: Uuid) -> Self {
+        Self {
+            uuid,
+            vendor: "TWINSAN".into(),
+            product: "VIRTUAL-DISK".into(),
+            revision: "0001".into(),
+            read_only: false,
+        }
+    }
+}
+
+/// Why a command did not complete with GOOD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fail {
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+    /// RESERVATION CONFLICT.
+    Conflict,
+}
+
+impl From<Sense> for Fail {
+    fn from(s: Sense) -> Self {
+        Fail::Check(s)
+    }
+}
+
+impl From<CdbError> for Fail {
+    fn from(e: CdbError) -> Self {
+        Fail::Check(e.sense())
+    }
+}
+
+pub(crate) type CmdResult = Result<ScsiStatus, Fail>;
+
+/// Whether a failed block operation was reading or writing (selects the sense code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoKind {
+    Read,
+    Write,
+}
+
+/// Per-command state the handlers fill in.
+pub(crate) struct Exec<'r, 'a> {
+    pub req: &'r ScsiRequest<'a>,
+    pub data_in: &'r mut IoBuf,
+    /// SPDTL: bytes the command would transfer if EDTL did not limit it.
+    pub xfer: Option<u64>,
+}
+
+impl Exec<'_, '_> {
+    /// Return `bytes` as data-in, truncated to `alloc_len` and to the transport's limit.
+    pub fn put(&mut self, bytes: &[u8], alloc_len: usize) {
+        let n = bytes.len().min(alloc_len);
+        self.xfer = Some(n as u64);
+        let n_out = n.min(self.req.data_in_len_max as usize);
+        self.data_in.clear();
+        self.data_in.extend_from_slice(&bytes[..n_out]);
+    }
+}
+
+/// Build a response from a handler result, leaving `data_in` consistent with it.
+pub(crate) fn finish(
+    result: CmdResult,
+    xfer: Option<u64>,
+    data_in: &mut IoBuf,
+    descriptor_sense: bool,
+) -> ScsiResponse {
+    match result {
+        Ok(status) => ScsiResponse {
+            status,
+            sense: None,
+            data_in_len: data_in.len() as u32,
+            cdb_transfer_len: xfer,
+        },
+        Err(fail) => {
+            data_in.clear();
+            let (status, sense) = match fail {
+                Fail::Check(s) => (ScsiStatus::CheckCondition, Some(s.encode(descriptor_sense))),
+                Fail::Conflict => (ScsiStatus::ReservationConflict, None),
+            };
+            ScsiResponse {
+                status,
+                sense,
+                data_in_len: 0,
+                cdb_transfer_len: xfer,
+            }
+        }
+    }
+}
+
+/// One logical unit. See the module documentation.
+#[derive(Debug)]
+pub struct LogicalUnit {
+    cfg: LunConfig,
+    dev: Arc<dyn BlockDevice>,
+    block_size: u32,
+    d_sense: AtomicBool,
+    pub(crate) ua: UaTable,
+    reserved: AtomicBool,
+    holder: Mutex<Option<u64>>,
+    last_size: AtomicU64,
+    pub(crate) gate: WriteGate,
+    mode_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LogicalUnit {
+    /// A logical unit exporting `dev` with identity `cfg`.
+    pub fn new(cfg: LunConfig, dev: Arc<dyn BlockDevice>) -> Self {
+        let block_size = dev.logical_block_size().max(1);
+        let last_size = AtomicU64::new(dev.size_bytes());
+        Self {
+            cfg,
+            dev,
+            block_size,
+            d_sense: AtomicBool::new(false),
+            ua: UaTable::new(asc::POWER_ON_RESET),
+            reserved: AtomicBool::new(false),
+            holder: Mutex::new(None),
+            last_size,
+            gate: WriteGate::new(),
+            mode_lock: Mutex::new(()),
+        }
+    }
+
+    /// The exported device.
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    /// The LU's identity.
+    pub fn config(&self) -> &LunConfig {
+        &self.cfg
+    }
+
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Number of logical blocks now.
+    pub fn num_blocks(&self) -> u64 {
+        self.dev.size_bytes() / u64::from(self.block_size)
+    }
+
+    /// Whether sense data is returned in descriptor format (control page D_SENSE).
+    pub fn descriptor_sense(&self) -> bool {
+        self.d_sense.load(Ordering::Relaxed)
+    }
+
+    /// Whether writes are refused (config or device).
+    pub fn write_protected(&self) -> bool {
+        self.cfg.read_only || self.dev.read_only()
+    }
+
+    /// Establish CAPACITY DATA HAS CHANGED for every nexus if the device size changed
+    /// since the last call (also checked at the start of every command).
+    pub fn capacity_changed(&self) {
+        let size = self.dev.size_bytes();
+        let old = self.last_size.load(Ordering::Relaxed);
+        if size != old
+            && self
+                .last_size
+                .compare_exchange(old, size, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.ua.establish_all(asc::CAPACITY_DATA_CHANGED, None);
+        }
+    }
+
+    /// Number of I_T nexuses this LU has per-nexus state for.
+    pub fn nexus_count(&self) -> usize {
+        self.ua.len()
+    }
+
+    /// The I_T nexus holding a RESERVE(6) reservation, if any.
+    pub fn reservation_holder(&self) -> Option<u64> {
+        *lock(&self.holder)
+    }
+
+    /// Release a RESERVE(6) reservation held by `nexus_id` (or any holder if `None`).
+    pub(crate) fn release_reservation(&self, nexus_id: Option<u64>) {
+        let mut h = lock(&self.holder);
+        if nexus_id.is_none() || *h == nexus_id {
+            *h = None;
+            self.reserved.store(false, Ordering::Release);
+        }
+    }
+
+    /// Logical unit reset: release RESERVE(6), reset mode parameters to defaults and
+    /// establish the unit attention `code` for every nexus except `issuer` (which learns
+    /// of the reset from the task management response).
+    pub(crate) fn reset(&self, code: (u8, u8), issuer: Option<u64>) {
+        self.release_reservation(None);
+        self.d_sense.store(false, Ordering::Relaxed);
+        self.ua.establish_all(code, issuer);
+    }
+
+    /// I_T nexus loss: forget the nexus, release its reservation.
+    pub(crate) fn nexus_lost(&self, nexus_id: u64) {
+        self.release_reservation(Some(nexus_id));
+        self.ua.remove(nexus_id);
+    }
+
+    fn mode_context(&self) -> ModeContext {
+        ModeContext {
+            wce: self.dev.write_cache_enabled(),
+            d_sense: self.descriptor_sense(),
+            write_protected: self.write_protected(),
+            num_blocks: self.num_blocks(),
+            block_size: self.block_size,
+        }
+    }
+
+    /// Map a block error to CHECK CONDITION sense.
+    pub(crate) fn io_fail(&self, e: &BlockError, kind: IoKind) -> Fail {
+        let bs = u64::from(self.block_size);
+        let s = match e {
+            BlockError::Io { offset_bytes, .. } => {
+                let code = match kind {
+                    IoKind::Read => asc::UNRECOVERED_READ_ERROR,
+                    IoKind::Write => asc::WRITE_ERROR,
+                };
+                Sense::new(key::MEDIUM_ERROR, code).with_information(offset_bytes / bs)
+            }
+            BlockError::OutOfRange { .. } => Sense::illegal(asc::LBA_OUT_OF_RANGE),
+            BlockError::ReadOnly => Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED),
+            BlockError::NotReady(_) => Sense::new(key::NOT_READY, asc::LUN_NOT_READY),
+            BlockError::Unsupported(_) => Sense::illegal(asc::INVALID_OPCODE),
+            BlockError::Unaligned { .. } => {
+                Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+            }
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(uuid = %self.cfg.uuid, error = %e, "block I/O failed");
+        }
+        Fail::Check(s)
+    }
+
+    /// Run one command (already decoded) from `req.nexus`.
+    pub(crate) fn execute(
+        &self,
+        req: &ScsiRequest<'_>,
+        decoded: Result<Command, CdbError>,
+        data_in: &mut IoBuf,
+    ) -> ScsiResponse {
+        let nexus = req.nexus.id;
+        self.capacity_changed();
+
+        // Unit attention: reported on every command but INQUIRY, REPORT LUNS and
+        // REQUEST SENSE (which returns it as its parameter data).
+        let exempt = matches!(
+            decoded,
+            Ok(Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. })
+        );
+        if let Some(code) = self.ua.check(nexus, !exempt) {
+            let s = Sense::new(key::UNIT_ATTENTION, code);
+            return finish(Err(Fail::Check(s)), None, data_in, self.descriptor_sense());
+        }
+
+        // RESERVE(6): other nexuses may only run a few commands.
+        if self.reserved.load(Ordering::Acquire) {
+            let allowed = decoded
+                .as_ref()
+                .map(Command::allowed_under_reservation)
+                .unwrap_or(false);
+            if !allowed {
+                let holder = *lock(&self.holder);
+                if holder.is_some() && holder != Some(nexus) {
+                    return finish(Err(Fail::Conflict), None, data_in, self.descriptor_sense());
+                }
+            }
+        }
+
+        let mut ex = Exec {
+            req,
+            data_in,
+            xfer: None,
+        };
+        let result = match decoded {
+            Ok(cmd) => self.run(cmd, &mut ex),
+            Err(e) => Err(e.into()),
+        };
+        let xfer = ex.xfer;
+        finish(result, xfer, data_in, self.descriptor_sense())
+    }
+
+    fn run(&self, cmd: Command, ex: &mut Exec<'_, '_>) -> CmdResult {
+        match cmd {
+            Command::Read(rw) => self.read(rw, ex),
+            Command::Write(rw) => self.write(rw, ex),
+            Command::TestUnitReady => Ok(ScsiStatus::Good),
+            Command::Inquiry {
+                evpd,
+                page_code,
+                alloc_len,
+            } => self.inquiry(evpd, page_code, alloc_len, ex),
+            Command::RequestSense { desc, alloc_len } => {
+                let s = match self.ua.check(ex.req.nexus.id, true) {
+                    Some(code) => Sense::new(key::UNIT_ATTENTION, code),
+                    None => Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
+                };
+                ex.put(&s.encode(desc), usize::from(alloc_len));
+                Ok(ScsiStatus::Good)
+            }
+            Command::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page_code,
+                subpage_code,
+                alloc_len,
+            } => {
+                let data = mode::mode_sense(
+                    &self.mode_context(),
+                    ten,
+                    dbd,
+                    llbaa,
+                    pc,
+                    page_code,
+                    subpage_code,
+                )?;
+                ex.put(&data, usize::from(alloc_len));
+                Ok(ScsiStatus::Good)
+            }
+            Command::ModeSelect {
+                ten,
+                pf,
+                sp,
+                param_len,
+            } => self.mode_select(ten, pf, sp, param_len, ex),
+            Command::ReadCapacity10 { lba, pmi } => {
+                if !pmi && lba != 0 {
+                    return Err(Sense::invalid_cdb(2, Some(7)).into());
+                }
+                let last = self.num_blocks().saturating_sub(1);
+                let mut b = [0u8; 8];
+                b[0..4].copy_from_slice(&u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes());
+                b[4..8].copy_from_slice(&self.block_size.to_be_bytes());
+                ex.put(&b, 8);
+                Ok(ScsiStatus::Good)
+            }
+            Command::ReadCapacity16 { alloc_len } => {
+                let mut b = [0u8; 32];
+                b[0..8].copy_from_slice(&self.num_blocks().saturating_sub(1).to_be_bytes());
+                b[8..12].copy_from_slice(&self.block_size.to_be_bytes());
+                // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT; PROT_EN=0, LBPME=0, LBPRZ=0.
+                let ratio = (self.dev.physical_block_size() / self.block_size).max(1);
+                b[13] = (ratio.trailing_zeros() as u8) & 0x0F;
+                ex.put(&b, alloc_len as usize);
+                Ok(ScsiStatus::Good)
+            }
+            Command::ReportSupportedOpcodes {
+                rctd,
+                options,
+                opcode,
+                service_action,
+                alloc_len,
+            } => {
+                let data = rsoc::report(rctd, options, opcode, service_action)?;
+                ex.put(&data, alloc_len as usize);
+                Ok(ScsiStatus::Good)
+            }
+            Command::Reserve6 => {
+                let nexus = ex.req.nexus.id;
+                let mut h = lock(&self.holder);
+                match *h {
+                    Some(other) if other != nexus => Err(Fail::Conflict),
+                    _ => {
+                        *h = Some(nexus);
+                        self.reserved.store(true, Ordering::Release);
+                        Ok(ScsiStatus::Good)
+                    }
+                }
+            }
+            Command::Release6 => {
+                self.release_reservation(Some(ex.req.nexus.id));
+                Ok(ScsiStatus::Good)
+            }
+            Command::StartStopUnit { loej, .. } => {
+                // No removable medium: nothing to load or eject. START/STOP and power
+                // conditions are accepted; the LU stays ready.
+                if loej {
+                    return Err(Sense::invalid_cdb(4, Some(1)).into());
+                }
+                Ok(ScsiStatus::Good)
+            }
+            Command::OrWrite(rw) => self.orwrite(rw, ex),
+            Command::Verify(v) => self.verify(v, ex),
+            Command::WriteAndVerify(v) => self.write_and_verify(v, ex),
+            Command::WriteSame(ws) => self.write_same(ws, ex),
+            Command::PreFetch { lba, blocks, .. } => {
+                self.check_range_to_end(lba, blocks)?;
+                // No cache to load: GOOD (not CONDITION MET) per SBC-3 5.10.
+                Ok(ScsiStatus::Good)
+            }
+            Command::SynchronizeCache { lba, blocks, .. } => {
+                self.check_range_to_end(lba, blocks)?;
+                self.dev
+                    .flush()
+                    .map_err(|e| self.io_fail(&e, IoKind::Write))?;
+                Ok(ScsiStatus::Good)
+            }
+            Command::ReportLuns { .. } => {
+                // Answered by the LunMap before it reaches a LU.
+                Err(Sense::illegal(asc::INVALID_OPCODE).into())
+            }
+            Command::Unsupported {
+                opcode,
+                service_action,
+            } => Err(unsupported_sense(opcode, service_action).into()),
+        }
+    }
+
+    fn inquiry(
+        &self,
+        evpd: bool,
+        page_code: u8,
+        alloc_len: u16,
+        ex: &mut Exec<'_, '_>,
+    ) -> CmdResult {
+        if !evpd {
+            if page_code != 0 {
+                return Err(Sense::invalid_cdb(2, Some(7)).into());
+            }
+            ex.put(&inquiry::standard(&self.cfg), usize::from(alloc_len));
+            return Ok(ScsiStatus::Good);
+        }
+        let Some(page) = inquiry::vpd_page(
+            page_code,
+            &self.cfg,
+            self.dev.as_ref(),
+            ex.req.nexus.relative_port_id,
+        ) else {
+            return Err(Sense::invalid_cdb(2, Some(7)).into());
+        };
+        ex.put(&page, usize::from(alloc_len));
+        Ok(ScsiStatus::Good)
+    }
+
+    fn mode_select(
+        &self,
+        ten: bool,
+        pf: bool,
+        sp: bool,
+        param_len: u16,
+        ex: &mut Exec<'_, '_>,
+    ) -> CmdResult {
+        if sp {
+            return Err(Sense::invalid_cdb(1, Some(0)).into());
+        }
+        let len = usize::from(param_len);
+        ex.xfer = Some(len as u64);
+        if len == 0 {
+            return Ok(ScsiStatus::Good);
+        }
+        if !pf {
+            return Err(Sense::invalid_cdb(1, Some(4)).into());
+        }
+        let Some(params) = ex.req.data_out.get(..len) else {
+            return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR).into());
+        };
+        let _serialize = lock(&self.mode_lock);
+        let changes = mode::mode_select(&self.mode_context(), ten, params)?;
+        if let Some(d) = changes.d_sense {
+            if self.d_sense.swap(d, Ordering::Relaxed) != d {
+                self.ua
+                    .establish_all(asc::MODE_PARAMETERS_CHANGED, Some(ex.req.nexus.id));
+            }
+        }
+        Ok(ScsiStatus::Good)
+    }
+}
+
+/// Sense for a command the engine does not implement: INVALID FIELD IN CDB pointing at
+/// the service action for an unsupported service action of an opcode that has
+/// implemented ones, INVALID COMMAND OPERATION CODE otherwise.
+pub(crate) fn unsupported_sense(opcode: u8, service_action: Option<u16>) -> Sense {
+    if service_action.is_some() && rsoc::opcode_has_service_actions(opcode) {
+        Sense::invalid_cdb(1, Some(4))
+    } else {
+        Sense::illegal(asc::INVALID_OPCODE)
+    }
+}
