@@ -1,1 +1,306 @@
-fn main() {}
+//! `twinsan`: the appliance binary — command line, configuration, signal handling.
+//!
+//! Owns: the CLI surface and process lifecycle. Everything a command does beyond
+//! parsing arguments lives in a module (`config`, `secrets`, `node`) or a library crate.
+
+mod config;
+mod node;
+mod secrets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use config::{LunSection, NodeConfig, PortalGroupSection, TargetSection};
+
+/// twinsan — a two-node SAN appliance: iSCSI target, block replication and HA in one binary.
+///
+/// Today twinsan serves iSCSI LUNs from files or block devices on one node; replication
+/// and the HA manager are not implemented yet (see README).
+#[derive(Parser, Debug)]
+#[command(name = "twinsan", version, about, long_about)]
+struct Cli {
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. "info" or "twinsan_iscsi=debug".
+    /// Defaults to $TWINSAN_LOG, then "info".
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve one file or block device as an iSCSI LUN in the foreground (like qemu-nbd).
+    ///
+    /// Stops cleanly on SIGINT/SIGTERM: stops accepting logins, asks initiators to log
+    /// out, lets in-flight commands finish, flushes the device and exits 0.
+    Export(ExportArgs),
+    /// Run a node from a configuration file (targets, portals, LUNs, ACLs, CHAP).
+    Serve {
+        /// Configuration file (TOML; see README "Configuration reference").
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and report every problem with file, key and reason.
+    ///
+    /// Exits 0 when the file is valid, 1 otherwise. Secret files are checked for
+    /// existence, ownership and permissions (their content is never printed).
+    Check {
+        /// Configuration file to check.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the embedded demo: a 1 GiB sparse LUN served on 127.0.0.1:3260.
+    ///
+    /// Prints the commands to try it with libiscsi (iscsi-ls, iscsi-inq) and qemu-img.
+    /// Stop it with Ctrl-C. The backing file is created in --dir (default: a new
+    /// directory under $TMPDIR, removed on exit).
+    Demo {
+        /// Directory for the backing file (kept on exit when given).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Size of the demo LUN.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+        /// Portal to listen on.
+        #[arg(long, default_value = "127.0.0.1:3260")]
+        listen: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// File or block device to serve.
+    path: PathBuf,
+    /// Target name, e.g. iqn.2026-11.org.example:disk1.
+    #[arg(long)]
+    iqn: String,
+    /// Portal to listen on (ADDR:PORT); give it more than once for several portals of
+    /// one target portal group.
+    #[arg(long, default_value = "0.0.0.0:3260")]
+    listen: Vec<String>,
+    /// Create the file (sparse) with this size if it does not exist, e.g. 10GiB.
+    #[arg(long)]
+    size: Option<String>,
+    /// LUN number.
+    #[arg(long, default_value_t = 0)]
+    lun: u64,
+    /// Only this initiator may log in (repeatable). Default: any initiator.
+    #[arg(long = "allow-initiator", value_name = "IQN")]
+    allow_initiator: Vec<String>,
+    /// CHAP user the initiator must authenticate as.
+    #[arg(long, requires = "chap_secret_file")]
+    chap_user: Option<String>,
+    /// File with that user's CHAP secret (mode 0600, owned by you).
+    #[arg(long, requires = "chap_user")]
+    chap_secret_file: Option<PathBuf>,
+    /// CHAP user the target answers as (mutual CHAP; needs --chap-user).
+    #[arg(long, requires_all = ["mutual_chap_secret_file", "chap_user"])]
+    mutual_chap_user: Option<String>,
+    /// File with the target's mutual-CHAP secret.
+    #[arg(long, requires = "mutual_chap_user")]
+    mutual_chap_secret_file: Option<PathBuf>,
+    /// Refuse writes (the LUN reports write protection).
+    #[arg(long)]
+    read_only: bool,
+    /// Make every write durable before it completes (WCE=0) instead of caching writes
+    /// until SYNCHRONIZE CACHE.
+    #[arg(long)]
+    no_write_cache: bool,
+    /// I/O engine.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "io_uring", "sync"])]
+    engine: String,
+    /// O_DIRECT use.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    direct_io: String,
+    /// Logical block size (files only).
+    #[arg(long, value_parser = ["512", "4096"])]
+    block_size: Option<String>,
+    /// Stable LUN identity (default: derived from --iqn and --lun).
+    #[arg(long)]
+    uuid: Option<uuid::Uuid>,
+}
+
+impl ExportArgs {
+    fn into_config(self) -> NodeConfig {
+        NodeConfig {
+            portal_groups: vec![PortalGroupSection {
+                tag: 1,
+                listen: self.listen,
+            }],
+            targets: vec![TargetSection {
+                iqn: self.iqn,
+                alias: None,
+                portal_groups: vec![1],
+                allowed_initiators: self.allow_initiator,
+                chap_user: self.chap_user,
+                chap_secret_file: self.chap_secret_file,
+                mutual_chap_user: self.mutual_chap_user,
+                mutual_chap_secret_file: self.mutual_chap_secret_file,
+                luns: vec![LunSection {
+                    lun: self.lun,
+                    path: self.path,
+                    size: self.size,
+                    uuid: self.uuid,
+                    read_only: self.read_only,
+                    write_cache: !self.no_write_cache,
+                    engine: self.engine,
+                    direct_io: self.direct_io,
+                    block_size: self.block_size.and_then(|s| s.parse().ok()),
+                }],
+            }],
+            ..NodeConfig::default()
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("TWINSAN_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancel `token` on the first SIGINT or SIGTERM.
+fn on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+fn serve_config(cfg: NodeConfig, origin: &std::path::Path) -> anyhow::Result<()> {
+    let problems = config::validate(&cfg, origin);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        anyhow::bail!("{} configuration problem(s)", problems.len());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("twinsan")
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let token = CancellationToken::new();
+        on_signals(token.clone())?;
+        node::run(&cfg, token).await
+    })
+}
+
+fn demo(dir: Option<PathBuf>, size: String, listen: String) -> anyhow::Result<()> {
+    let (dir, _tmp) = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
+            (d, None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("twinsan-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let iqn = "iqn.2026-11.org.twinsan:demo".to_owned();
+    let path = dir.join("demo-lun0.img");
+    println!(
+        "twinsan demo: LUN 0 of {iqn} on {listen}, backed by {} ({size}, sparse)",
+        path.display()
+    );
+    println!("Try it from another terminal (apt-get install -y libiscsi-bin qemu-utils qemu-block-extra):");
+    println!("  iscsi-ls -s iscsi://{listen}");
+    println!("  iscsi-inq iscsi://{listen}/{iqn}/0");
+    println!("  iscsi-readcapacity16 iscsi://{listen}/{iqn}/0");
+    println!("  qemu-img info iscsi://{listen}/{iqn}/0");
+    println!("  qemu-img bench -w -t none -c 20000 -d 32 -s 4k iscsi://{listen}/{iqn}/0");
+    println!("Stop with Ctrl-C.");
+    let args = ExportArgs {
+        path,
+        iqn,
+        listen: vec![listen],
+        size: Some(size),
+        lun: 0,
+        allow_initiator: vec![],
+        chap_user: None,
+        chap_secret_file: None,
+        mutual_chap_user: None,
+        mutual_chap_secret_file: None,
+        read_only: false,
+        no_write_cache: false,
+        engine: "auto".into(),
+        direct_io: "auto".into(),
+        block_size: None,
+        uuid: None,
+    };
+    serve_config(args.into_config(), std::path::Path::new("(demo)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let res = match cli.cmd {
+        Command::Export(a) => serve_config(a.into_config(), std::path::Path::new("(command line)")),
+        Command::Serve { config } => match config::load(&config) {
+            Ok(cfg) => serve_config(cfg, &config),
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("error: {p}");
+                }
+                Err(anyhow::anyhow!(
+                    "{} configuration problem(s) in {}",
+                    problems.len(),
+                    config.display()
+                ))
+            }
+        },
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                let luns: usize = cfg.targets.iter().map(|t| t.luns.len()).sum();
+                println!(
+                    "{}: OK ({} portal group(s), {} target(s), {} LUN(s))",
+                    config.display(),
+                    cfg.portal_groups.len(),
+                    cfg.targets.len(),
+                    luns
+                );
+                Ok(())
+            }
+            Err(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                eprintln!("{} problem(s) found", problems.len());
+                return ExitCode::from(1);
+            }
+        },
+        Command::Demo { dir, size, listen } => demo(dir, size, listen),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            warn!("{e:#}");
+            eprintln!("twinsan: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

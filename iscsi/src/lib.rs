@@ -5,3 +5,16 @@
 //! commands to [`twinsan_scsi::LunMap`].
 //!
 //! May not touch: block devices directly (only through the SCSI engine).
+
+pub mod engine;
+pub mod fuzzing;
+pub mod login;
+pub mod pdu;
+pub mod server;
+pub mod session;
+pub mod text;
+
+pub use engine::{ScsiEngine, TmfOutcome};
+pub use server::{
+    ChapCredentials, PortalGroup, Server, ServerConfig, ServerStatus, SessionStatus, TargetConfig,
+};

@@ -160,7 +160,9 @@ impl Twinsan {
         let img = dir.path().join("lun0.img");
         let img = img.to_str().expect("utf-8 path").to_owned();
         let listen = addr.to_string();
-        let mut args = vec!["export", &img, "--iqn", iqn, "--listen", &listen, "--size", size];
+        let mut args = vec![
+            "export", &img, "--iqn", iqn, "--listen", &listen, "--size", size,
+        ];
         args.extend_from_slice(extra);
         Self::start(&args, addr, dir)
     }

@@ -91,7 +91,8 @@ impl RawSession {
     /// must accept it.
     pub fn login(addr: SocketAddr, initiator: &str, target: &str) -> Self {
         let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         sock.set_nodelay(true).expect("nodelay");
         let mut s = Self {
             sock,
@@ -113,9 +114,23 @@ impl RawSession {
         put32(&mut h, 28, 0);
         s.send(&h, keys.as_bytes());
         let r = s.recv().expect("login response");
-        assert_eq!(r.opcode(), op::LOGIN_RESP, "expected a login response, got {r:?}");
-        assert_eq!((r.bhs[36], r.bhs[37]), (0, 0), "login refused: status {:02x}{:02x}", r.bhs[36], r.bhs[37]);
-        assert_eq!(r.bhs[1] & 0x83, 0x83, "target did not move to full feature phase");
+        assert_eq!(
+            r.opcode(),
+            op::LOGIN_RESP,
+            "expected a login response, got {r:?}"
+        );
+        assert_eq!(
+            (r.bhs[36], r.bhs[37]),
+            (0, 0),
+            "login refused: status {:02x}{:02x}",
+            r.bhs[36],
+            r.bhs[37]
+        );
+        assert_eq!(
+            r.bhs[1] & 0x83,
+            0x83,
+            "target did not move to full feature phase"
+        );
         s.exp_stat_sn = r.u32_at(24).wrapping_add(1);
         s.max_cmd_sn = r.u32_at(32);
         for kv in r.data.split(|&b| b == 0) {
@@ -124,7 +139,14 @@ impl RawSession {
                 s.target_mrdsl = v.parse().unwrap_or(8192);
             }
         }
-        s
+        // A new I_T nexus starts with a POWER ON/RESET unit attention: clear it the way
+        // initiators do, with TEST UNIT READY until GOOD (bounded).
+        for _ in 0..4 {
+            if let Ok((0, ..)) = s.command(&[0u8; 6], 0, false, &[]) {
+                return s;
+            }
+        }
+        panic!("TEST UNIT READY never returned GOOD after login");
     }
 
     /// Send a header and a data segment (padded to 4 bytes).
@@ -156,8 +178,10 @@ impl RawSession {
         self.sock.read_exact(&mut rest).ok()?;
         let data = rest[ahs..ahs + dl].to_vec();
         let p = Pdu { bhs: h, data };
-        if matches!(p.opcode(), op::SCSI_RESP | op::NOP_IN | op::LOGOUT_RESP | op::REJECT | op::ASYNC)
-            || (p.opcode() == op::DATA_IN && p.bhs[1] & 0x01 != 0)
+        if matches!(
+            p.opcode(),
+            op::SCSI_RESP | op::NOP_IN | op::LOGOUT_RESP | op::REJECT | op::ASYNC
+        ) || (p.opcode() == op::DATA_IN && p.bhs[1] & 0x01 != 0)
         {
             self.exp_stat_sn = p.u32_at(24).wrapping_add(1);
             self.max_cmd_sn = p.u32_at(32);
@@ -173,7 +197,10 @@ impl RawSession {
             match self.sock.read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     return false
                 }
                 Err(_) => return true,
@@ -183,7 +210,14 @@ impl RawSession {
 
     /// A SCSI Command PDU header for `cdb` on LUN 0 (flat addressing), with EDTL and
     /// flags (0x80 F, 0x40 R, 0x20 W; attribute simple). Advances CmdSN.
-    pub fn command_bhs(&mut self, cdb: &[u8], edtl: u32, read: bool, write: bool, data_len: usize) -> ([u8; 48], u32) {
+    pub fn command_bhs(
+        &mut self,
+        cdb: &[u8],
+        edtl: u32,
+        read: bool,
+        write: bool,
+        data_len: usize,
+    ) -> ([u8; 48], u32) {
         let itt = self.next_itt;
         self.next_itt += 1;
         let mut flags = 0x80 | 0x01;
@@ -206,14 +240,23 @@ impl RawSession {
     /// Run a command with optional immediate data; collect Data-In and the final status.
     /// Answers R2Ts from `data` (only for data the target asks for). Returns
     /// (status, sense, data-in, the last PDU).
-    pub fn command(&mut self, cdb: &[u8], edtl: u32, read: bool, data: &[u8]) -> Result<(u8, Vec<u8>, Vec<u8>, Pdu), Pdu> {
+    pub fn command(
+        &mut self,
+        cdb: &[u8],
+        edtl: u32,
+        read: bool,
+        data: &[u8],
+    ) -> Result<(u8, Vec<u8>, Vec<u8>, Pdu), Pdu> {
         let write = !data.is_empty();
         let imm = data.len().min(self.target_mrdsl as usize).min(65536);
         let (h, itt) = self.command_bhs(cdb, edtl, read, write, imm);
         self.send(&h, &data[..imm]);
         let mut data_in = Vec::new();
         loop {
-            let p = self.recv().ok_or_else(|| Pdu { bhs: [0; 48], data: vec![] })?;
+            let p = self.recv().ok_or_else(|| Pdu {
+                bhs: [0; 48],
+                data: vec![],
+            })?;
             match p.opcode() {
                 op::DATA_IN if p.itt() == itt => {
                     data_in.extend_from_slice(&p.data);
@@ -244,7 +287,11 @@ impl RawSession {
                         put32(&mut d, 20, ttt);
                         put32(&mut d, 28, self.exp_stat_sn);
                         put32(&mut d, 36, dsn);
-                        put32(&mut d, 40, u32::try_from(off + i * self.target_mrdsl as usize).expect("offset"));
+                        put32(
+                            &mut d,
+                            40,
+                            u32::try_from(off + i * self.target_mrdsl as usize).expect("offset"),
+                        );
                         self.send(&d, piece);
                         dsn += 1;
                     }

@@ -13,8 +13,13 @@ const IQN: &str = "iqn.2026-11.org.twinsan.test:conformance";
 const MIN_PASSED: u32 = 140;
 
 fn scorer() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/iscsi-conformance");
-    assert!(p.exists(), "conformance scorer not found at {}", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/iscsi-conformance");
+    assert!(
+        p.exists(),
+        "conformance scorer not found at {}",
+        p.display()
+    );
     p
 }
 
@@ -54,7 +59,15 @@ fn libiscsi_conformance_all() {
     println!("conformance: {passed} passed, {failed} failed, {skipped} skipped");
     if failed != 0 || passed < MIN_PASSED {
         let detail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: String = detail.lines().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = detail
+            .lines()
+            .rev()
+            .take(200)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!("conformance: {passed} passed, {failed} failed (want 0 failed, ≥ {MIN_PASSED} passed)\n{text}\n--- log tail ---\n{tail}\n--- target log ---\n{}", t.log());
     }
 }

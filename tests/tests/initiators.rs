@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use twinsan_e2e::{have_tool, run_with_timeout, secret_file, scratch_dir, Twinsan};
+use twinsan_e2e::{have_tool, run_with_timeout, scratch_dir, secret_file, Twinsan};
 
 const IQN: &str = "iqn.2026-11.org.twinsan.test:disk";
 const INITIATOR: &str = "iqn.2026-11.org.twinsan.test:host1";
@@ -62,12 +62,31 @@ fn qemu_img_round_trip_64m() {
     }
     std::fs::write(&src, &data).unwrap();
     let url = t.url(IQN, 0);
-    ok(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(&url));
-    ok(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&url).arg(&back));
-    assert_eq!(sha(&src), sha(&back), "data read back differs from data written");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&src)
+        .arg(&url));
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(&url)
+        .arg(&back));
+    assert_eq!(
+        sha(&src),
+        sha(&back),
+        "data read back differs from data written"
+    );
     let mut t = t;
-    assert_eq!(t.stop(), Some(0), "twinsan did not exit 0 on SIGTERM:\n{}", t.log());
-    assert_eq!(sha(&src), sha(&t.image()), "backing file differs after a clean stop");
+    assert_eq!(
+        t.stop(),
+        Some(0),
+        "twinsan did not exit 0 on SIGTERM:\n{}",
+        t.log()
+    );
+    assert_eq!(
+        sha(&src),
+        sha(&t.image()),
+        "backing file differs after a clean stop"
+    );
 }
 
 /// A target with CHAP admits an initiator with the right secret and refuses a wrong one.
@@ -79,7 +98,12 @@ fn chap_right_secret_admitted_wrong_refused() {
     let dir = scratch_dir();
     let sf = secret_file(dir.path(), "chap.secret", "correct-horse-battery\n");
     let sf = sf.to_str().unwrap().to_owned();
-    let t = Twinsan::export_in(dir, IQN, "16M", &["--chap-user", "alice", "--chap-secret-file", &sf]);
+    let t = Twinsan::export_in(
+        dir,
+        IQN,
+        "16M",
+        &["--chap-user", "alice", "--chap-secret-file", &sf],
+    );
     let good = format!("iscsi://alice%correct-horse-battery@{}/{IQN}/0", t.addr);
     let bad = format!("iscsi://alice%wrong-horse-battery@{}/{IQN}/0", t.addr);
     let none = t.url(IQN, 0);
@@ -87,7 +111,10 @@ fn chap_right_secret_admitted_wrong_refused() {
     assert!(out.contains("TWINSAN"), "unexpected INQUIRY output: {out}");
     fails(Command::new("iscsi-inq").args(["-i", INITIATOR]).arg(&bad));
     fails(Command::new("iscsi-inq").args(["-i", INITIATOR]).arg(&none));
-    assert!(!t.log().contains("correct-horse"), "secret leaked into the log");
+    assert!(
+        !t.log().contains("correct-horse"),
+        "secret leaked into the log"
+    );
 }
 
 /// Mutual CHAP: the target proves itself to the initiator with its own secret.
@@ -99,12 +126,24 @@ fn mutual_chap() {
     let dir = scratch_dir();
     let sf = secret_file(dir.path(), "chap.secret", "initiator-secret-1");
     let mf = secret_file(dir.path(), "mutual.secret", "target-secret-22");
-    let (sf, mf) = (sf.to_str().unwrap().to_owned(), mf.to_str().unwrap().to_owned());
+    let (sf, mf) = (
+        sf.to_str().unwrap().to_owned(),
+        mf.to_str().unwrap().to_owned(),
+    );
     let t = Twinsan::export_in(
         dir,
         IQN,
         "16M",
-        &["--chap-user", "alice", "--chap-secret-file", &sf, "--mutual-chap-user", "tgt", "--mutual-chap-secret-file", &mf],
+        &[
+            "--chap-user",
+            "alice",
+            "--chap-secret-file",
+            &sf,
+            "--mutual-chap-user",
+            "tgt",
+            "--mutual-chap-secret-file",
+            &mf,
+        ],
     );
     let url = |tp: &str| {
         format!(
@@ -112,9 +151,15 @@ fn mutual_chap() {
             t.addr
         )
     };
-    ok(Command::new("iscsi-inq").args(["-i", INITIATOR]).arg(url("target-secret-22")));
+    ok(Command::new("iscsi-inq")
+        .args(["-i", INITIATOR])
+        .arg(url("target-secret-22")));
     // The initiator expects a different target secret: it must refuse the target.
-    fails(Command::new("iscsi-inq").args(["-i", INITIATOR]).arg(url("not-the-secret")));
+    fails(
+        Command::new("iscsi-inq")
+            .args(["-i", INITIATOR])
+            .arg(url("not-the-secret")),
+    );
 }
 
 /// ACL: only listed initiators may log in.
@@ -124,13 +169,29 @@ fn acl_refuses_unlisted_initiator() {
         return;
     }
     let t = Twinsan::export(IQN, "16M", &["--allow-initiator", INITIATOR]);
-    ok(Command::new("iscsi-inq").args(["-i", INITIATOR]).arg(t.url(IQN, 0)));
-    fails(Command::new("iscsi-inq").args(["-i", "iqn.2026-11.org.twinsan.test:intruder"]).arg(t.url(IQN, 0)));
+    ok(Command::new("iscsi-inq")
+        .args(["-i", INITIATOR])
+        .arg(t.url(IQN, 0)));
+    fails(
+        Command::new("iscsi-inq")
+            .args(["-i", "iqn.2026-11.org.twinsan.test:intruder"])
+            .arg(t.url(IQN, 0)),
+    );
     // Discovery does not reveal the target to an initiator that may not use it.
-    let out = ok(Command::new("iscsi-ls").args(["-i", "iqn.2026-11.org.twinsan.test:intruder"]).arg(format!("iscsi://{}", t.addr)));
-    assert!(!out.contains(IQN), "discovery revealed a target to a refused initiator: {out}");
-    let out = ok(Command::new("iscsi-ls").args(["-i", INITIATOR]).arg(format!("iscsi://{}", t.addr)));
-    assert!(out.contains(IQN), "discovery hid the target from an allowed initiator: {out}");
+    let out = ok(Command::new("iscsi-ls")
+        .args(["-i", "iqn.2026-11.org.twinsan.test:intruder"])
+        .arg(format!("iscsi://{}", t.addr)));
+    assert!(
+        !out.contains(IQN),
+        "discovery revealed a target to a refused initiator: {out}"
+    );
+    let out = ok(Command::new("iscsi-ls")
+        .args(["-i", INITIATOR])
+        .arg(format!("iscsi://{}", t.addr)));
+    assert!(
+        out.contains(IQN),
+        "discovery hid the target from an allowed initiator: {out}"
+    );
 }
 
 /// Header digests (CRC32C) negotiated and used for a whole data transfer.
@@ -146,8 +207,29 @@ fn header_digest_crc32c() {
         "driver=iscsi,transport=tcp,portal={},target={IQN},lun=0,header-digest=crc32c",
         t.addr
     );
-    ok(Command::new("qemu-img").args(["bench", "-w", "-c", "2000", "-d", "8", "-s", "4k", "--image-opts", &opts]));
-    ok(Command::new("qemu-img").args(["bench", "-c", "2000", "-d", "8", "-s", "4k", "--image-opts", &opts]));
+    ok(Command::new("qemu-img").args([
+        "bench",
+        "-w",
+        "-c",
+        "2000",
+        "-d",
+        "8",
+        "-s",
+        "4k",
+        "--image-opts",
+        &opts,
+    ]));
+    ok(Command::new("qemu-img").args([
+        "bench",
+        "-c",
+        "2000",
+        "-d",
+        "8",
+        "-s",
+        "4k",
+        "--image-opts",
+        &opts,
+    ]));
 }
 
 /// Two initiators at once: both run I/O concurrently and each sees the other's writes.
@@ -162,26 +244,61 @@ fn two_initiators_at_once() {
         let url = url.clone();
         std::thread::spawn(move || {
             run_with_timeout(
-                Command::new("qemu-img").args(["bench", "-w", "-c", "20000", "-d", "16", "-s", "4k", "-S", "8k"]).arg(&url),
+                Command::new("qemu-img")
+                    .args([
+                        "bench", "-w", "-c", "20000", "-d", "16", "-s", "4k", "-S", "8k",
+                    ])
+                    .arg(&url),
                 LIMIT,
             )
         })
     };
     let r = run_with_timeout(
-        Command::new("timeout").args(["-k", "5", "60", "iscsi-perf", "-i", "iqn.2026-11.org.twinsan.test:host2", "-m", "16", "-t", "3", "-r"]).arg(&url),
+        Command::new("timeout")
+            .args([
+                "-k",
+                "5",
+                "60",
+                "iscsi-perf",
+                "-i",
+                "iqn.2026-11.org.twinsan.test:host2",
+                "-m",
+                "16",
+                "-t",
+                "3",
+                "-r",
+            ])
+            .arg(&url),
         LIMIT,
     );
     let w = w.join().unwrap();
-    assert!(w.status.success(), "writer failed: {}", String::from_utf8_lossy(&w.stderr));
-    assert!(r.status.success(), "reader failed: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        w.status.success(),
+        "writer failed: {}",
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(
+        r.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     // Data written through one session is read back through another.
     let src = t.dir.path().join("pattern.raw");
     std::fs::write(&src, vec![0xA5u8; 1 << 20]).unwrap();
-    ok(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(&url));
+    ok(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&src)
+        .arg(&url));
     let back = t.dir.path().join("back.raw");
-    ok(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&url).arg(&back));
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(&url)
+        .arg(&back));
     let got = std::fs::read(&back).unwrap();
-    assert!(got[..1 << 20].iter().all(|&b| b == 0xA5), "second session did not see the first one's data");
+    assert!(
+        got[..1 << 20].iter().all(|&b| b == 0xA5),
+        "second session did not see the first one's data"
+    );
 }
 
 /// A read-only export reports write protection and refuses writes; the file is untouched.
@@ -190,11 +307,18 @@ fn read_only_export_refuses_writes() {
     if !have_tool("qemu-img") {
         return;
     }
-    let t = Twinsan::export(IQN, "16M", &["--read-only"]);
+    let dir = scratch_dir();
+    std::fs::write(dir.path().join("lun0.img"), vec![0x5Au8; 16 << 20]).unwrap();
+    let t = Twinsan::export_in(dir, IQN, "16M", &["--read-only"]);
     let before = sha(&t.image());
     let src = t.dir.path().join("src.raw");
     std::fs::write(&src, vec![1u8; 1 << 20]).unwrap();
-    fails(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(t.url(IQN, 0)));
+    fails(
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(t.url(IQN, 0)),
+    );
     assert_eq!(before, sha(&t.image()));
 }
 
@@ -205,7 +329,12 @@ fn discovery_lists_target_and_portal() {
         return;
     }
     let t = Twinsan::export(IQN, "16M", &[]);
-    let out = ok(Command::new("iscsi-ls").args(["-i", INITIATOR, "-s"]).arg(format!("iscsi://{}", t.addr)));
+    let out = ok(Command::new("iscsi-ls")
+        .args(["-i", INITIATOR, "-s"])
+        .arg(format!("iscsi://{}", t.addr)));
     assert!(out.contains(IQN), "{out}");
-    assert!(out.contains(&format!("{},1", t.addr)), "portal/tpgt missing: {out}");
+    assert!(
+        out.contains(&format!("{},1", t.addr)),
+        "portal/tpgt missing: {out}"
+    );
 }

@@ -13,7 +13,9 @@ const SIZE_BYTES: usize = 8 << 20;
 const BLOCKS: u64 = (SIZE_BYTES / 512) as u64;
 
 fn pattern() -> Vec<u8> {
-    (0..SIZE_BYTES).map(|i| (i / 512 % 251) as u8 ^ (i % 7) as u8).collect()
+    (0..SIZE_BYTES)
+        .map(|i| (i / 512 % 251) as u8 ^ (i % 7) as u8)
+        .collect()
 }
 
 /// Start a target on a file filled with a known pattern.
@@ -50,7 +52,10 @@ fn truncated_bhs_closes_connection() {
     let mut s = RawSession::login(t.addr, INI, IQN);
     s.send_raw(&bhs(0x01, 0x81, 0)[..20]).unwrap();
     s.shutdown_write();
-    assert!(s.closed_within(Duration::from_secs(10)), "target kept a half-sent PDU's connection open");
+    assert!(
+        s.closed_within(Duration::from_secs(10)),
+        "target kept a half-sent PDU's connection open"
+    );
     still_serves(&t);
     assert_intact(&t, &[]);
 }
@@ -64,10 +69,20 @@ fn unknown_opcode_is_rejected() {
     s.send(&h, &[]);
     let p = s.recv().expect("an answer to an unknown opcode");
     assert_eq!(p.opcode(), op::REJECT, "want Reject, got {p:?}");
-    assert!(matches!(p.bhs[2], 0x04 | 0x05), "reject reason {:#x}", p.bhs[2]);
-    assert_eq!(&p.data[..48], &h[..], "Reject must carry the offending header");
+    assert!(
+        matches!(p.bhs[2], 0x04 | 0x05),
+        "reject reason {:#x}",
+        p.bhs[2]
+    );
+    assert_eq!(
+        &p.data[..48],
+        &h[..],
+        "Reject must carry the offending header"
+    );
     // The session goes on.
-    let (st, _, _, _) = s.command(&rw16(0x88, 0, 1), 512, true, &[]).expect("read after reject");
+    let (st, _, _, _) = s
+        .command(&rw16(0x88, 0, 1), 512, true, &[])
+        .expect("read after reject");
     assert_eq!(st, 0);
     assert_intact(&t, &[]);
 }
@@ -79,7 +94,13 @@ fn oversized_data_segment_is_refused_and_nothing_written() {
     let too_big = usize::try_from(s.target_mrdsl).unwrap() + 512;
     let data = vec![0xEEu8; too_big];
     let blocks = u32::try_from(too_big / 512).unwrap();
-    let (h, _) = s.command_bhs(&rw16(0x8a, 16, blocks), u32::try_from(too_big).unwrap(), false, true, too_big);
+    let (h, _) = s.command_bhs(
+        &rw16(0x8a, 16, blocks),
+        u32::try_from(too_big).unwrap(),
+        false,
+        true,
+        too_big,
+    );
     let mut buf = h.to_vec();
     buf.extend_from_slice(&data);
     let _ = s.send_raw(&buf);
@@ -132,7 +153,11 @@ fn data_beyond_transfer_length_writes_nothing_extra() {
     let got = std::fs::read(t.image()).unwrap();
     let b5 = &got[5 * 512..6 * 512];
     let untouched = pattern()[5 * 512..6 * 512].to_vec();
-    let changed = if b5 == untouched.as_slice() { vec![] } else { vec![(5, 0x22)] };
+    let changed = if b5 == untouched.as_slice() {
+        vec![]
+    } else {
+        vec![(5, 0x22)]
+    };
     assert_intact(&t, &changed);
 }
 
@@ -140,14 +165,28 @@ fn data_beyond_transfer_length_writes_nothing_extra() {
 fn lba_beyond_end_is_check_condition() {
     let t = target();
     let mut s = RawSession::login(t.addr, INI, IQN);
-    let (st, sense, _, _) = s.command(&rw16(0x88, BLOCKS, 1), 512, true, &[]).expect("read");
+    let (st, sense, _, _) = s
+        .command(&rw16(0x88, BLOCKS, 1), 512, true, &[])
+        .expect("read");
     assert_eq!(st, 0x02);
-    assert_eq!(sense_key_asc(&sense), Some((0x05, 0x21, 0x00)), "sense {sense:02x?}");
-    let (st, sense, _, _) = s.command(&rw16(0x8a, BLOCKS - 1, 2), 1024, false, &[0x33; 1024]).expect("write");
+    assert_eq!(
+        sense_key_asc(&sense),
+        Some((0x05, 0x21, 0x00)),
+        "sense {sense:02x?}"
+    );
+    let (st, sense, _, _) = s
+        .command(&rw16(0x8a, BLOCKS - 1, 2), 1024, false, &[0x33; 1024])
+        .expect("write");
     assert_eq!(st, 0x02);
-    assert_eq!(sense_key_asc(&sense), Some((0x05, 0x21, 0x00)), "sense {sense:02x?}");
+    assert_eq!(
+        sense_key_asc(&sense),
+        Some((0x05, 0x21, 0x00)),
+        "sense {sense:02x?}"
+    );
     // A valid write at the last block lands exactly there.
-    let (st, _, _, _) = s.command(&rw16(0x8a, BLOCKS - 1, 1), 512, false, &[0x44; 512]).expect("write");
+    let (st, _, _, _) = s
+        .command(&rw16(0x8a, BLOCKS - 1, 1), 512, false, &[0x44; 512])
+        .expect("write");
     assert_eq!(st, 0);
     drop(s);
     let mut t = t;

@@ -180,19 +180,16 @@ impl fmt::Debug for FileDevice {
 }
 
 fn path_err(path: &Path, what: &str, err: io::Error) -> BlockError {
-    BlockError::Io {
-        offset_bytes: 0,
-        source: io::Error::new(err.kind(), format!("{}: {what}: {err}", path.display())),
+    BlockError::Open {
+        path: path.to_owned(),
+        reason: format!("{what}: {err}"),
     }
 }
 
 fn invalid(path: &Path, msg: String) -> BlockError {
-    BlockError::Io {
-        offset_bytes: 0,
-        source: io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: {msg}", path.display()),
-        ),
+    BlockError::Open {
+        path: path.to_owned(),
+        reason: msg,
     }
 }
 
@@ -549,9 +546,9 @@ impl FileDevice {
     /// The descriptor for a request: O_DIRECT if everything is aligned for it.
     fn route(&self, ptr: *const u8, len: usize, offset: u64) -> RawFd {
         if self.buffered.is_some()
-            && (ptr as usize) % self.dio_mem_align == 0
-            && (len as u64) % self.dio_offset_align == 0
-            && offset % self.dio_offset_align == 0
+            && (ptr as usize).is_multiple_of(self.dio_mem_align)
+            && (len as u64).is_multiple_of(self.dio_offset_align)
+            && offset.is_multiple_of(self.dio_offset_align)
         {
             self.file.as_raw_fd()
         } else {

@@ -38,6 +38,14 @@ pub enum BlockError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The device could not be opened or created as asked.
+    #[error("{}: {reason}", path.display())]
+    Open {
+        /// The file or device.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The request extends past the end of the device.
     #[error("request at {offset_bytes}+{len_bytes} is beyond the device size {size_bytes}")]
     OutOfRange {
@@ -172,7 +180,7 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
 /// Check that a request lies inside the device and is block-aligned.
 pub fn check_range(dev: &dyn BlockDevice, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
     let bs = u64::from(dev.logical_block_size());
-    if offset_bytes % bs != 0 || len_bytes % bs != 0 {
+    if !offset_bytes.is_multiple_of(bs) || !len_bytes.is_multiple_of(bs) {
         return Err(BlockError::Unaligned {
             offset_bytes,
             len_bytes,

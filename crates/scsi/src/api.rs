@@ -2,6 +2,10 @@
 
 /// Identifies one I_T nexus (initiator port ↔ target port). The transport assigns it
 /// (iSCSI: one per session, from the initiator name + ISID and the target portal group).
+///
+/// Persistent reservation registrations belong to the pair (`initiator_port`,
+/// `relative_port_id`), which must therefore name the same I_T nexus in every session
+/// (and, for a takeover, on both heads); `id` only tells sessions apart.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Nexus {
     /// Transport-unique id of this nexus (stable for the life of the session).
@@ -112,3 +116,30 @@ pub enum TmfError {
     #[error("task management function not supported")]
     NotSupported,
 }
+
+/// What PERSISTENT RESERVE OUT with the PREEMPT AND ABORT service action asks the
+/// transport to do: abort every task of these I_T nexuses on this LUN (SPC-4
+/// "Preempting and aborting": as if each of them had sent ABORT TASK SET; with TAS=0 the
+/// aborted tasks get no status).
+///
+/// The engine runs every command to completion inside [`crate::LunMap::execute`], so
+/// only the transport knows which tasks are queued or in flight; it receives this
+/// through the hook set with [`crate::LunMap::set_preempt_abort_hook`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreemptAbort {
+    /// LUN number (as in [`crate::LunMap::get`], not the raw SAM LUN field).
+    pub lun: u64,
+    /// The nexus that sent the PREEMPT AND ABORT (its tasks are not aborted).
+    pub issuer: u64,
+    /// [`Nexus::id`]s of the connected I_T nexuses whose registrations were preempted,
+    /// ascending, never containing `issuer`.
+    pub nexus_ids: Vec<u64>,
+}
+
+/// Callback for [`PreemptAbort`] events.
+///
+/// Called on the thread executing the PERSISTENT RESERVE OUT, after the new
+/// reservation state is durable and in effect and before the command's response is
+/// returned, with no engine lock held. It must not block for long (queue the aborts
+/// and return); it may call back into the engine.
+pub type PreemptAbortHook = std::sync::Arc<dyn Fn(&PreemptAbort) + Send + Sync>;

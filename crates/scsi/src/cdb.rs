@@ -83,9 +83,9 @@ pub mod op {
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
     /// VERIFY(12).
     pub const VERIFY_12: u8 = 0xAF;
-    /// PERSISTENT RESERVE IN (not implemented).
+    /// PERSISTENT RESERVE IN.
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
-    /// PERSISTENT RESERVE OUT (not implemented).
+    /// PERSISTENT RESERVE OUT.
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     /// Variable-length CDB (READ/WRITE(32) etc.; not implemented).
     pub const VARIABLE_LENGTH: u8 = 0x7F;
@@ -101,6 +101,12 @@ pub mod sa {
     pub const READ_CAPACITY_16: u16 = 0x10;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES.
     pub const REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
+    /// Highest PERSISTENT RESERVE IN service action (READ FULL STATUS); 0 to this one
+    /// are implemented (see [`crate::pr::prin_sa`]).
+    pub const PRIN_MAX: u8 = 0x03;
+    /// Highest PERSISTENT RESERVE OUT service action (REGISTER AND MOVE); 0 to this one
+    /// are implemented (see [`crate::pr::prout_sa`]).
+    pub const PROUT_MAX: u8 = 0x07;
 }
 
 /// Errors from [`decode_cdb`].
@@ -322,6 +328,24 @@ pub enum Command {
         service_action: u16,
         /// Allocation length.
         alloc_len: u32,
+    },
+    /// PERSISTENT RESERVE IN (service actions 0 to 3).
+    PersistentReserveIn {
+        /// SERVICE ACTION field.
+        service_action: u8,
+        /// Allocation length.
+        alloc_len: u16,
+    },
+    /// PERSISTENT RESERVE OUT (service actions 0 to 7).
+    PersistentReserveOut {
+        /// SERVICE ACTION field.
+        service_action: u8,
+        /// SCOPE field (upper nibble of byte 2).
+        scope: u8,
+        /// TYPE field (lower nibble of byte 2).
+        pr_type: u8,
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
     },
     /// Anything the engine does not implement.
     Unsupported {
@@ -621,12 +645,40 @@ fn decode_fixed(opcode: u8, c: &[u8]) -> Command {
                 },
             }
         }
-        op::MAINTENANCE_OUT | op::PERSISTENT_RESERVE_IN | op::PERSISTENT_RESERVE_OUT => {
-            Command::Unsupported {
-                opcode,
-                service_action: Some(u16::from(c[1] & 0x1F)),
+        op::PERSISTENT_RESERVE_IN => {
+            let service_action = c[1] & 0x1F;
+            if service_action <= sa::PRIN_MAX {
+                Command::PersistentReserveIn {
+                    service_action,
+                    alloc_len: be16(c, 7),
+                }
+            } else {
+                Command::Unsupported {
+                    opcode,
+                    service_action: Some(u16::from(service_action)),
+                }
             }
         }
+        op::PERSISTENT_RESERVE_OUT => {
+            let service_action = c[1] & 0x1F;
+            if service_action <= sa::PROUT_MAX {
+                Command::PersistentReserveOut {
+                    service_action,
+                    scope: c[2] >> 4,
+                    pr_type: c[2] & 0x0F,
+                    param_len: be32(c, 5),
+                }
+            } else {
+                Command::Unsupported {
+                    opcode,
+                    service_action: Some(u16::from(service_action)),
+                }
+            }
+        }
+        op::MAINTENANCE_OUT => Command::Unsupported {
+            opcode,
+            service_action: Some(u16::from(c[1] & 0x1F)),
+        },
         _ => Command::Unsupported {
             opcode,
             service_action: None,
@@ -682,6 +734,41 @@ mod tests {
                 bit: Some(0)
             })
         );
+    }
+
+    #[test]
+    fn persistent_reserve_fields() {
+        assert_eq!(
+            decode_cdb(&[0x5E, 0x03, 0, 0, 0, 0, 0, 0x12, 0x34, 0]).unwrap(),
+            Command::PersistentReserveIn {
+                service_action: 3,
+                alloc_len: 0x1234
+            }
+        );
+        assert_eq!(
+            decode_cdb(&[0x5E, 0xE4, 0, 0, 0, 0, 0, 0, 8, 0]).unwrap(),
+            Command::Unsupported {
+                opcode: 0x5E,
+                service_action: Some(4)
+            }
+        );
+        assert_eq!(
+            decode_cdb(&[0x5F, 0x07, 0x15, 0, 0, 0x01, 0x02, 0x03, 0x04, 0]).unwrap(),
+            Command::PersistentReserveOut {
+                service_action: 7,
+                scope: 1,
+                pr_type: 5,
+                param_len: 0x0102_0304
+            }
+        );
+        assert_eq!(
+            decode_cdb(&[0x5F, 0x08, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap(),
+            Command::Unsupported {
+                opcode: 0x5F,
+                service_action: Some(8)
+            }
+        );
+        assert!(decode_cdb(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0x04]).is_err());
     }
 
     #[test]

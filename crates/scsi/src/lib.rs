@@ -1,7 +1,8 @@
 //! Transport-free SCSI engine (SPC-4 / SBC-3) for twinsan disk LUNs.
 //!
-//! Owns: CDB decoding, sense data, unit attentions, INQUIRY/VPD, mode pages, and the
-//! mapping of block commands onto a [`twinsan_blockdev::BlockDevice`]. A transport
+//! Owns: CDB decoding, sense data, unit attentions, INQUIRY/VPD, mode pages, SPC-2
+//! RESERVE/RELEASE and SPC-4 persistent reservations (with their durable record), and
+//! the mapping of block commands onto a [`twinsan_blockdev::BlockDevice`]. A transport
 //! (the iSCSI target) hands each command to [`LunMap::execute`] together with the data
 //! the initiator sent, and gets back a status, sense and data for the initiator.
 //!
@@ -15,11 +16,19 @@
 //! LunMap::task_mgmt(&self, &Nexus, raw LUN field, TaskMgmt) -> Result<(), TmfError>
 //! LunMap::nexus_lost(&self, &Nexus)
 //! LunMap::decode_lun(raw) / LunMap::encode_lun(lun)
+//! LunMap::set_preempt_abort_hook(&self, PreemptAbortHook)   // optional
 //! ```
 //!
 //! The engine is `Send + Sync`; `execute` may be called concurrently from any number
 //! of threads and does block I/O synchronously on the calling thread, holding no lock
 //! across it.
+//!
+//! Persistent reservations need two things from the transport: a [`Nexus`] whose
+//! `initiator_port` / `relative_port_id` identify the I_T nexus across sessions
+//! (registrations are keyed by them, not by `Nexus::id`), and, for PREEMPT AND ABORT,
+//! a [`PreemptAbortHook`] that aborts the listed nexuses' tasks on that LUN. Their
+//! durability comes from [`LunConfig::pr_store`] (a [`ReservationStore`]: in memory,
+//! a sidecar file, or a replicated store).
 //!
 //! ## Modules
 //!
@@ -28,6 +37,8 @@
 //! - `lun`: [`LogicalUnit`], [`LunConfig`], command dispatch and non-medium commands.
 //! - `block`: READ/WRITE/VERIFY/ORWRITE/WRITE SAME (the data path).
 //! - [`inquiry`], [`mode`], [`rsoc`]: INQUIRY/VPD, mode pages, supported opcodes.
+//! - [`pr`]: persistent reservations: PERSISTENT RESERVE IN/OUT, access rules, the
+//!   versioned record ([`pr::record`]) and its stores ([`pr::store`]).
 //! - `ua`, `gate`: unit attention table, read-modify-write exclusion.
 //! - `lunmap`: [`LunMap`], LUN addressing, REPORT LUNS, task management.
 //! - [`fuzzing`]: a memory device and a one-call harness for fuzzers and property tests.
@@ -41,6 +52,7 @@ pub mod inquiry;
 mod lun;
 mod lunmap;
 pub mod mode;
+pub mod pr;
 pub mod rsoc;
 pub mod sense;
 mod ua;
@@ -49,6 +61,10 @@ pub use api::*;
 pub use cdb::{decode_cdb, CdbError, Command};
 pub use lun::{limits, LogicalUnit, LunConfig};
 pub use lunmap::{LunMap, LunMapError, LUN_MAX};
+pub use pr::{
+    FileReservationStore, MemReservationStore, PrRestore, PrState, PrType, ReservationStore,
+    StoreError,
+};
 pub use sense::Sense;
 
 #[cfg(test)]

@@ -1,16 +1,21 @@
 //! One logical unit: [`LunConfig`] (identity), [`LogicalUnit`] (device, mode
-//! parameters, unit attentions per I_T nexus, the RESERVE(6) holder) and the command
-//! dispatcher that runs a decoded CDB against it.
+//! parameters, unit attentions per I_T nexus, the RESERVE(6) holder, persistent
+//! reservations) and the command dispatcher that runs a decoded CDB against it.
 //!
 //! Owns: the order of checks every command goes through (capacity change → unit
-//! attention → reservation → command), the non-medium commands (INQUIRY, MODE
-//! SENSE/SELECT, REQUEST SENSE, READ CAPACITY, RSOC, RESERVE/RELEASE, START STOP UNIT)
-//! and the transfer-length bookkeeping reported back to the transport. Medium access
-//! commands live in `block.rs`.
+//! attention → RESERVE(6) reservation → persistent reservation → command), the
+//! non-medium commands (INQUIRY, MODE SENSE/SELECT, REQUEST SENSE, READ CAPACITY, RSOC,
+//! RESERVE/RELEASE, START STOP UNIT, PERSISTENT RESERVE IN/OUT — the latter two
+//! computed by [`crate::pr`]), the delivery of persistent reservation unit attentions
+//! and PREEMPT AND ABORT events, and the transfer-length bookkeeping reported back to
+//! the transport. Medium access commands live in `block.rs`.
 //!
 //! Concurrency: `execute` takes `&self` and is called from many sessions at once. No
 //! lock is held across block I/O; the per-command locks are one shard of the unit
-//! attention table and, only while a RESERVE(6) is held, the holder mutex.
+//! attention table and, only while a RESERVE(6) is held, the holder mutex, and only
+//! while a persistent reservation exists, the persistent reservation state mutex. A
+//! PERSISTENT RESERVE OUT holds the RESERVE(6) holder mutex (so that the two kinds of
+//! reservation cannot appear at once) while its record is saved.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use twinsan_blockdev::{BlockDevice, BlockError, IoBuf};
 use uuid::Uuid;
 
-use crate::api::{ScsiRequest, ScsiResponse, ScsiStatus};
+use crate::api::{Nexus, PreemptAbort, PreemptAbortHook, ScsiRequest, ScsiResponse, ScsiStatus};
 use crate::cdb::{CdbError, Command};
 use crate::gate::WriteGate;
 use crate::mode::{self, ModeContext};
+use crate::pr::{self, PersistentReservations, PrRestore, PrState, ReservationStore, Scsi2};
 use crate::sense::{asc, key, Sense};
 use crate::ua::UaTable;
 use crate::{inquiry, rsoc};
@@ -52,7 +58,7 @@ pub mod limits {
 }
 
 /// Identity and policy of one LUN.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LunConfig {
     /// Stable per-LUN identity; the NAA-6 designator and unit serial derive from it.
     pub uuid: Uuid,
@@ -64,10 +70,35 @@ pub struct LunConfig {
     pub revision: String,
     /// Write-protected LUN: WP bit set, writes fail with DATA PROTECT / WRITE PROTECTED.
     pub read_only: bool,
+    /// Where the persistent reservation record is kept (see [`crate::pr`]). `None`:
+    /// in memory only; then REPORT CAPABILITIES says PTPL_C=0 and APTPL=1 is refused.
+    pub pr_store: Option<Arc<dyn ReservationStore>>,
+    /// How a record found in `pr_store` is applied when the LU is created.
+    pub pr_restore: PrRestore,
 }
 
+impl PartialEq for LunConfig {
+    /// Field by field; stores compare by identity (the same `Arc`).
+    fn eq(&self, other: &Self) -> bool {
+        self.uuid == other.uuid
+            && self.vendor == other.vendor
+            && self.product == other.product
+            && self.revision == other.revision
+            && self.read_only == other.read_only
+            && self.pr_restore == other.pr_restore
+            && match (&self.pr_store, &other.pr_store) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for LunConfig {}
+
 impl LunConfig {
-    /// Defaults: vendor `TWINSAN`, product `VIRTUAL-DISK`, revision `0001`, writable.
+    /// Defaults: vendor `TWINSAN`, product `VIRTUAL-DISK`, revision `0001`, writable,
+    /// persistent reservations in memory only, power-on restore semantics.
     pub fn new(uuid: Uuid) -> Self {
         Self {
             uuid,
@@ -75,6 +106,8 @@ impl LunConfig {
             product: "VIRTUAL-DISK".into(),
             revision: "0001".into(),
             read_only: false,
+            pr_store: None,
+            pr_restore: PrRestore::PowerOn,
         }
     }
 }
@@ -158,6 +191,17 @@ pub(crate) fn finish(
     }
 }
 
+/// The PREEMPT AND ABORT hook of one LU and the LUN number it is reported under.
+#[derive(Default)]
+struct AbortHookSlot(Mutex<Option<(u64, PreemptAbortHook)>>);
+
+impl std::fmt::Debug for AbortHookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lun = lock(&self.0).as_ref().map(|(lun, _)| *lun);
+        f.debug_struct("AbortHookSlot").field("lun", &lun).finish()
+    }
+}
+
 /// One logical unit. See the module documentation.
 #[derive(Debug)]
 pub struct LogicalUnit {
@@ -168,6 +212,8 @@ pub struct LogicalUnit {
     pub(crate) ua: UaTable,
     reserved: AtomicBool,
     holder: Mutex<Option<u64>>,
+    pr: PersistentReservations,
+    abort_hook: AbortHookSlot,
     last_size: AtomicU64,
     pub(crate) gate: WriteGate,
     mode_lock: Mutex<()>,
@@ -178,10 +224,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LogicalUnit {
-    /// A logical unit exporting `dev` with identity `cfg`.
+    /// A logical unit exporting `dev` with identity `cfg`. Persistent reservations are
+    /// loaded from `cfg.pr_store` (a missing, unreadable or corrupt record gives a LU
+    /// without registrations and an error in the log; this never fails).
     pub fn new(cfg: LunConfig, dev: Arc<dyn BlockDevice>) -> Self {
         let block_size = dev.logical_block_size().max(1);
         let last_size = AtomicU64::new(dev.size_bytes());
+        let pr = PersistentReservations::new(cfg.uuid, cfg.pr_store.clone(), cfg.pr_restore);
         Self {
             cfg,
             dev,
@@ -190,6 +239,8 @@ impl LogicalUnit {
             ua: UaTable::new(asc::POWER_ON_RESET),
             reserved: AtomicBool::new(false),
             holder: Mutex::new(None),
+            pr,
+            abort_hook: AbortHookSlot::default(),
             last_size,
             gate: WriteGate::new(),
             mode_lock: Mutex::new(()),
@@ -254,10 +305,26 @@ impl LogicalUnit {
     /// Release a RESERVE(6) reservation held by `nexus_id` (or any holder if `None`).
     pub(crate) fn release_reservation(&self, nexus_id: Option<u64>) {
         let mut h = lock(&self.holder);
+        self.release_locked(&mut h, nexus_id);
+    }
+
+    fn release_locked(&self, h: &mut Option<u64>, nexus_id: Option<u64>) {
         if nexus_id.is_none() || *h == nexus_id {
             *h = None;
             self.reserved.store(false, Ordering::Release);
         }
+    }
+
+    /// A copy of the persistent reservation state (registrations, reservation,
+    /// PRGENERATION, APTPL).
+    pub fn persistent_reservations(&self) -> PrState {
+        self.pr.snapshot()
+    }
+
+    /// Report PREEMPT AND ABORT events of this LU to `hook`, as LUN number `lun`
+    /// (replaces an earlier hook). See [`PreemptAbort`].
+    pub fn set_preempt_abort_hook(&self, lun: u64, hook: PreemptAbortHook) {
+        *lock(&self.abort_hook.0) = Some((lun, hook));
     }
 
     /// Logical unit reset: release RESERVE(6), reset mode parameters to defaults and
@@ -269,7 +336,8 @@ impl LogicalUnit {
         self.ua.establish_all(code, issuer);
     }
 
-    /// I_T nexus loss: forget the nexus, release its reservation.
+    /// I_T nexus loss: forget the nexus, release its RESERVE(6) reservation. Persistent
+    /// reservations and registrations are kept (SPC-4: they outlive the nexus).
     pub(crate) fn nexus_lost(&self, nexus_id: u64) {
         self.release_reservation(Some(nexus_id));
         self.ua.remove(nexus_id);
@@ -300,7 +368,7 @@ impl LogicalUnit {
             BlockError::ReadOnly => Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED),
             BlockError::NotReady(_) => Sense::new(key::NOT_READY, asc::LUN_NOT_READY),
             BlockError::Unsupported(_) => Sense::illegal(asc::INVALID_OPCODE),
-            BlockError::Unaligned { .. } => {
+            BlockError::Unaligned { .. } | BlockError::Open { .. } => {
                 Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
             }
         };
@@ -326,22 +394,34 @@ impl LogicalUnit {
             decoded,
             Ok(Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. })
         );
-        if let Some(code) = self.ua.check(nexus, !exempt) {
+        if let Some(code) = self.ua.check_nexus(req.nexus, !exempt) {
             let s = Sense::new(key::UNIT_ATTENTION, code);
             return finish(Err(Fail::Check(s)), None, data_in, self.descriptor_sense());
         }
 
-        // RESERVE(6): other nexuses may only run a few commands.
+        // RESERVE(6): other nexuses may only run a few commands; PERSISTENT RESERVE
+        // IN/OUT conflict for every nexus, the holder included (SPC-2 5.5.1).
         if self.reserved.load(Ordering::Acquire) {
+            let pr_cmd = matches!(
+                decoded,
+                Ok(Command::PersistentReserveIn { .. } | Command::PersistentReserveOut { .. })
+            );
             let allowed = decoded
                 .as_ref()
                 .map(Command::allowed_under_reservation)
                 .unwrap_or(false);
-            if !allowed {
+            if pr_cmd || !allowed {
                 let holder = *lock(&self.holder);
-                if holder.is_some() && holder != Some(nexus) {
+                if holder.is_some() && (pr_cmd || holder != Some(nexus)) {
                     return finish(Err(Fail::Conflict), None, data_in, self.descriptor_sense());
                 }
+            }
+        }
+
+        // Persistent reservation (a flag check unless one exists).
+        if let Ok(cmd) = &decoded {
+            if !self.pr.allows(req.nexus, pr::access_of(cmd)) {
+                return finish(Err(Fail::Conflict), None, data_in, self.descriptor_sense());
             }
         }
 
@@ -438,6 +518,11 @@ impl LogicalUnit {
             Command::Reserve6 => {
                 let nexus = ex.req.nexus.id;
                 let mut h = lock(&self.holder);
+                match self.pr.scsi2(ex.req.nexus) {
+                    Scsi2::Noop => return Ok(ScsiStatus::Good),
+                    Scsi2::Conflict => return Err(Fail::Conflict),
+                    Scsi2::Proceed => {}
+                }
                 match *h {
                     Some(other) if other != nexus => Err(Fail::Conflict),
                     _ => {
@@ -448,9 +533,29 @@ impl LogicalUnit {
                 }
             }
             Command::Release6 => {
-                self.release_reservation(Some(ex.req.nexus.id));
+                let mut h = lock(&self.holder);
+                match self.pr.scsi2(ex.req.nexus) {
+                    Scsi2::Noop => Ok(ScsiStatus::Good),
+                    Scsi2::Conflict => Err(Fail::Conflict),
+                    Scsi2::Proceed => {
+                        self.release_locked(&mut h, Some(ex.req.nexus.id));
+                        Ok(ScsiStatus::Good)
+                    }
+                }
+            }
+            Command::PersistentReserveIn {
+                service_action,
+                alloc_len,
+            } => {
+                ex.put(&self.pr.prin(service_action), usize::from(alloc_len));
                 Ok(ScsiStatus::Good)
             }
+            Command::PersistentReserveOut {
+                service_action,
+                scope,
+                pr_type,
+                param_len,
+            } => self.persistent_reserve_out(service_action, scope, pr_type, param_len, ex),
             Command::StartStopUnit { loej, .. } => {
                 // No removable medium: nothing to load or eject. START/STOP and power
                 // conditions are accepted; the LU stays ready.
@@ -483,6 +588,71 @@ impl LogicalUnit {
                 opcode,
                 service_action,
             } => Err(unsupported_sense(opcode, service_action).into()),
+        }
+    }
+
+    fn persistent_reserve_out(
+        &self,
+        service_action: u8,
+        scope: u8,
+        pr_type: u8,
+        param_len: u32,
+        ex: &mut Exec<'_, '_>,
+    ) -> CmdResult {
+        ex.xfer = Some(u64::from(param_len));
+        let Some(params) = usize::try_from(param_len)
+            .ok()
+            .and_then(|len| ex.req.data_out.get(..len))
+        else {
+            return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR).into());
+        };
+        let req = pr::ProutReq {
+            service_action,
+            scope,
+            pr_type,
+            params,
+        };
+        let notices = {
+            // No RESERVE(6) may appear while the persistent state changes.
+            let h = lock(&self.holder);
+            if h.is_some() {
+                return Err(Fail::Conflict);
+            }
+            self.pr.prout(ex.req.nexus, &req)?
+        };
+        self.deliver(ex.req.nexus, notices);
+        Ok(ScsiStatus::Good)
+    }
+
+    /// Establish the unit attentions a PERSISTENT RESERVE OUT asked for (every
+    /// connected nexus covered by the named registrations except the issuer) and report
+    /// PREEMPT AND ABORT victims to the hook.
+    fn deliver(&self, issuer: &Nexus, notices: pr::Notices) {
+        for (code, ports) in &notices.ua {
+            self.ua
+                .establish_matching(*code, Some(issuer.id), |port, rel| {
+                    ports.iter().any(|p| p.matches(port, rel))
+                });
+        }
+        if notices.abort.is_empty() {
+            return;
+        }
+        let mut ids = self
+            .ua
+            .ids_matching(|port, rel| notices.abort.iter().any(|p| p.matches(port, rel)));
+        ids.retain(|&id| id != issuer.id);
+        if ids.is_empty() {
+            return;
+        }
+        let hook = lock(&self.abort_hook.0).clone();
+        match hook {
+            Some((lun, hook)) => hook(&PreemptAbort {
+                lun,
+                issuer: issuer.id,
+                nexus_ids: ids,
+            }),
+            None => tracing::debug!(uuid = %self.cfg.uuid, nexuses = ?ids,
+                "PREEMPT AND ABORT: no hook set, tasks of preempted nexuses not aborted"),
         }
     }
 

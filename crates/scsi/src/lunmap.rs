@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use twinsan_blockdev::IoBuf;
 
-use crate::api::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TaskMgmt, TmfError};
+use crate::api::{
+    Nexus, PreemptAbortHook, ScsiRequest, ScsiResponse, ScsiStatus, TaskMgmt, TmfError,
+};
 use crate::cdb::{decode_cdb, Command};
 use crate::inquiry;
 use crate::lun::{finish, unsupported_sense, Exec, Fail, LogicalUnit};
@@ -230,8 +232,19 @@ impl LunMap {
         }
     }
 
+    /// Have PERSISTENT RESERVE OUT / PREEMPT AND ABORT on any LU of this map report the
+    /// nexuses whose tasks must be aborted to `hook` (see [`crate::PreemptAbort`]).
+    /// Without a hook those tasks are not aborted (the preemption itself still happens).
+    pub fn set_preempt_abort_hook(&self, hook: PreemptAbortHook) {
+        for (n, lu) in &self.luns {
+            lu.set_preempt_abort_hook(*n, hook.clone());
+        }
+    }
+
     /// I_T nexus loss (session closed or dropped): forget per-nexus state on every LU
-    /// and release RESERVE(6) reservations held through it.
+    /// and release RESERVE(6) reservations held through it. Persistent reservation
+    /// registrations are kept: they belong to the I_T nexus identity (initiator port +
+    /// target port), which a later session can take up again.
     pub fn nexus_lost(&self, nexus: &Nexus) {
         for (_, lu) in &self.luns {
             lu.nexus_lost(nexus.id);

@@ -33,6 +33,33 @@ const fn info(opcode: u8, service_action: Option<u16>, usage: &'static [u8]) -> 
     }
 }
 
+/// PERSISTENT RESERVE IN: service action, allocation length.
+const PRIN_USAGE: &[u8] = &[
+    op::PERSISTENT_RESERVE_IN,
+    0x1F,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0xFF,
+    0xFF,
+    CTL,
+];
+/// PERSISTENT RESERVE OUT: service action, scope and type, parameter list length.
+const PROUT_USAGE: &[u8] = &[
+    op::PERSISTENT_RESERVE_OUT,
+    0x1F,
+    0xFF,
+    0,
+    0,
+    0xFF,
+    0xFF,
+    0xFF,
+    0xFF,
+    CTL,
+];
+
 /// Every command the engine implements, sorted by (opcode, service action).
 pub static SUPPORTED: &[OpInfo] = &[
     info(
@@ -222,6 +249,18 @@ pub static SUPPORTED: &[OpInfo] = &[
             CTL,
         ],
     ),
+    info(op::PERSISTENT_RESERVE_IN, Some(0), PRIN_USAGE),
+    info(op::PERSISTENT_RESERVE_IN, Some(1), PRIN_USAGE),
+    info(op::PERSISTENT_RESERVE_IN, Some(2), PRIN_USAGE),
+    info(op::PERSISTENT_RESERVE_IN, Some(3), PRIN_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(0), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(1), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(2), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(3), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(4), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(5), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(6), PROUT_USAGE),
+    info(op::PERSISTENT_RESERVE_OUT, Some(7), PROUT_USAGE),
     info(
         op::READ_16,
         None,
@@ -651,6 +690,20 @@ mod tests {
         assert_eq!(one[5] & 0x18, 0x18);
 
         assert!(report(false, 1, op::SERVICE_ACTION_IN_16, 0x10).is_err());
+        for sa in 0..8u16 {
+            let pr = report(false, 2, op::PERSISTENT_RESERVE_OUT, sa).unwrap();
+            assert_eq!(pr[1] & 0x07, 0x03);
+            assert_eq!(&pr[4..], PROUT_USAGE);
+        }
+        assert_eq!(
+            report(false, 2, op::PERSISTENT_RESERVE_OUT, 8).unwrap(),
+            vec![0, 1, 0, 0]
+        );
+        assert_eq!(
+            &report(false, 2, op::PERSISTENT_RESERVE_IN, 3).unwrap()[4..],
+            PRIN_USAGE
+        );
+        assert!(report(false, 1, op::PERSISTENT_RESERVE_IN, 0).is_err());
         let rc16 = report(false, 2, op::SERVICE_ACTION_IN_16, 0x10).unwrap();
         assert_eq!(rc16[1] & 0x07, 0x03);
         assert!(report(false, 2, op::READ_10, 0).is_err());

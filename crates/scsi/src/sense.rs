@@ -53,6 +53,8 @@ pub mod asc {
     pub const LUN_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
     /// INVALID FIELD IN PARAMETER LIST.
     pub const INVALID_FIELD_IN_PARAM_LIST: (u8, u8) = (0x26, 0x00);
+    /// INVALID RELEASE OF PERSISTENT RESERVATION.
+    pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
     /// WRITE PROTECTED.
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
@@ -61,12 +63,20 @@ pub mod asc {
     pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
     /// MODE PARAMETERS CHANGED.
     pub const MODE_PARAMETERS_CHANGED: (u8, u8) = (0x2A, 0x01);
+    /// RESERVATIONS PREEMPTED.
+    pub const RESERVATIONS_PREEMPTED: (u8, u8) = (0x2A, 0x03);
+    /// RESERVATIONS RELEASED.
+    pub const RESERVATIONS_RELEASED: (u8, u8) = (0x2A, 0x04);
+    /// REGISTRATIONS PREEMPTED.
+    pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2A, 0x05);
     /// CAPACITY DATA HAS CHANGED.
     pub const CAPACITY_DATA_CHANGED: (u8, u8) = (0x2A, 0x09);
     /// SAVING PARAMETERS NOT SUPPORTED.
     pub const SAVING_PARAMS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
     /// INTERNAL TARGET FAILURE.
     pub const INTERNAL_TARGET_FAILURE: (u8, u8) = (0x44, 0x00);
+    /// INSUFFICIENT REGISTRATION RESOURCES.
+    pub const INSUFFICIENT_REGISTRATION_RESOURCES: (u8, u8) = (0x55, 0x04);
 }
 
 /// Where a sense-key-specific FIELD POINTER points (SPC-4 4.5.2.4.2).

@@ -924,7 +924,7 @@ fn unsupported_commands() {
     let t = T::new();
     let invalid_opcode = (ILLEGAL, 0x20, 0x00);
     for opcode in [
-        0x42u8, 0x89, 0x83, 0x84, 0x5E, 0x5F, 0xA4, 0x04, 0x1E, 0x37, 0x48, 0x9C, 0xC0,
+        0x42u8, 0x89, 0x83, 0x84, 0xA4, 0x04, 0x1E, 0x37, 0x48, 0x9C, 0xC0,
     ] {
         let mut cdb = [0u8; 16];
         cdb[0] = opcode;
@@ -941,6 +941,12 @@ fn unsupported_commands() {
     let (r, _) = t.cmd(&gls, &[], 0);
     assert_eq!(sense(&r), INVALID_CDB);
     assert_eq!(&r.sense.unwrap()[15..18], &[0xCC, 0x00, 0x01]);
+    // PERSISTENT RESERVE IN / OUT service actions beyond the implemented ones.
+    for (opcode, sa) in [(0x5Eu8, 0x04u8), (0x5E, 0x1F), (0x5F, 0x08), (0x5F, 0x1F)] {
+        let (r, _) = t.cmd(&[opcode, sa, 0, 0, 0, 0, 0, 0, 24, 0], &[0; 24], 255);
+        assert_eq!(sense(&r), INVALID_CDB, "{opcode:#x}/{sa:#x}");
+        assert_eq!(&r.sense.unwrap()[15..18], &[0xCC, 0x00, 0x01]);
+    }
     let mut rtpg = [0u8; 12];
     rtpg[0] = 0xA3;
     rtpg[1] = 0x0A;
