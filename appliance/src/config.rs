@@ -156,6 +156,29 @@ pub struct LunSection {
     pub direct_io: String,
     /// Logical block size: 512 or 4096 (block devices: their own).
     pub block_size: Option<u32>,
+    /// Where persistent-reservation state is kept durably (APTPL). Default for a file:
+    /// `<path>.pr` next to the data; for a block device there is no default (state is
+    /// then kept in memory only and APTPL is refused).
+    pub pr_file: Option<PathBuf>,
+}
+
+impl LunSection {
+    /// The persistent-reservation record file for this LUN, if any.
+    pub fn pr_file(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.pr_file {
+            return Some(p.clone());
+        }
+        let is_block = std::fs::metadata(&self.path)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            .unwrap_or(false);
+        if is_block {
+            None
+        } else {
+            let mut s = self.path.clone().into_os_string();
+            s.push(".pr");
+            Some(PathBuf::from(s))
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -477,6 +500,15 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
                     format!("{lkey}.direct_io"),
                     format!("{:?}: must be auto, on or off", l.direct_io),
                 );
+            }
+            if let Some(pr) = &l.pr_file {
+                match pr.parent() {
+                    Some(d) if d.as_os_str().is_empty() || d.is_dir() => {}
+                    _ => p(
+                        format!("{lkey}.pr_file"),
+                        format!("directory of {} does not exist", pr.display()),
+                    ),
+                }
             }
             if let Some(bs) = l.block_size {
                 if bs != 512 && bs != 4096 {

@@ -38,7 +38,7 @@ enum Command {
     ///
     /// Stops cleanly on SIGINT/SIGTERM: stops accepting logins, asks initiators to log
     /// out, lets in-flight commands finish, flushes the device and exits 0.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Run a node from a configuration file (targets, portals, LUNs, ACLs, CHAP).
     Serve {
         /// Configuration file (TOML; see README "Configuration reference").
@@ -123,6 +123,10 @@ struct ExportArgs {
     /// Stable LUN identity (default: derived from --iqn and --lun).
     #[arg(long)]
     uuid: Option<uuid::Uuid>,
+    /// File for persistent-reservation state (default: PATH.pr for files; none for
+    /// block devices, which then refuse APTPL).
+    #[arg(long)]
+    pr_file: Option<PathBuf>,
 }
 
 impl ExportArgs {
@@ -151,6 +155,7 @@ impl ExportArgs {
                     engine: self.engine,
                     direct_io: self.direct_io,
                     block_size: self.block_size.and_then(|s| s.parse().ok()),
+                    pr_file: self.pr_file,
                 }],
             }],
             ..NodeConfig::default()
@@ -251,6 +256,7 @@ fn demo(dir: Option<PathBuf>, size: String, listen: String) -> anyhow::Result<()
         direct_io: "auto".into(),
         block_size: None,
         uuid: None,
+        pr_file: None,
     };
     serve_config(args.into_config(), std::path::Path::new("(demo)"))
 }
@@ -259,7 +265,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
     let res = match cli.cmd {
-        Command::Export(a) => serve_config(a.into_config(), std::path::Path::new("(command line)")),
+        Command::Export(a) => {
+            serve_config((*a).into_config(), std::path::Path::new("(command line)"))
+        }
         Command::Serve { config } => match config::load(&config) {
             Ok(cfg) => serve_config(cfg, &config),
             Err(problems) => {

@@ -15,7 +15,7 @@ use tracing::info;
 
 use twinsan_blockdev::{BlockDevice, DirectPreference, EnginePreference, FileDevice, FileOptions};
 use twinsan_iscsi::{ChapCredentials, PortalGroup, Server, ServerConfig, TargetConfig};
-use twinsan_scsi::{LogicalUnit, LunConfig, LunMap};
+use twinsan_scsi::{FileReservationStore, LogicalUnit, LunConfig, LunMap};
 
 use crate::config::{self, LunSection, NodeConfig};
 use crate::secrets::read_secret_file;
@@ -92,6 +92,9 @@ pub fn build_server_config(
                     .unwrap_or_else(|| config::derived_lun_uuid(&t.iqn, l.lun)),
             );
             lc.read_only = l.read_only;
+            if let Some(pr) = l.pr_file() {
+                lc.pr_store = Some(Arc::new(FileReservationStore::new(pr)));
+            }
             luns.push((l.lun, Arc::new(LogicalUnit::new(lc, dev))));
         }
         let portal_groups = if t.portal_groups.is_empty() {
@@ -130,6 +133,12 @@ pub fn build_server_config(
 
 /// Serve `cfg` until `shutdown` is cancelled.
 pub async fn run(cfg: &NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node = cfg.node.name.as_deref().unwrap_or("(unnamed)");
+    info!(
+        node,
+        version = env!("CARGO_PKG_VERSION"),
+        "twinsan node starting"
+    );
     let (sc, portals) = build_server_config(cfg)?;
     let mut listeners = Vec::new();
     for (addr, tag) in portals {

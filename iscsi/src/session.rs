@@ -162,6 +162,8 @@ struct Task {
     state: TaskState,
     counted: bool,
     charged_bytes: u64,
+    /// Aborted while executing: the result is dropped when the engine returns.
+    aborted: bool,
 }
 
 impl Task {
@@ -339,6 +341,16 @@ impl Output {
     }
 }
 
+/// A task management response waiting for aborted tasks that are still on the engine.
+#[derive(Debug)]
+struct PendingTmf {
+    itt: u32,
+    function: Option<TaskMgmt>,
+    lun: u64,
+    response: u8,
+    waiting: Vec<u32>,
+}
+
 #[derive(Debug)]
 struct TextContinuation {
     itt: u32,
@@ -402,6 +414,7 @@ pub struct Connection {
     ping: Option<(u32, Instant)>,
     text_in: Vec<u8>,
     text_cont: Option<TextContinuation>,
+    pending_tmfs: Vec<PendingTmf>,
     logout_requested: Option<Instant>,
     close: Option<CloseReason>,
     stats: ConnStats,
@@ -497,6 +510,7 @@ impl Connection {
             ping: None,
             text_in: Vec::new(),
             text_cont: None,
+            pending_tmfs: Vec::new(),
             logout_requested: None,
             close: None,
             stats: ConnStats::default(),
@@ -841,6 +855,7 @@ impl Connection {
             state: TaskState::Collecting,
             counted: !immediate,
             charged_bytes: 0,
+            aborted: false,
         };
         if pdu.data_digest_error {
             // RFC 7143 §7.8: reject the data, terminate the task with CHECK CONDITION
@@ -1076,10 +1091,20 @@ impl Connection {
     }
 
     /// End a task without a response (the initiator saw a Reject for it).
-    fn abort_task_silently(&mut self, itt: u32) {
+    /// Returns true when the task is still executing (it is marked aborted and leaves
+    /// the table when the engine returns).
+    fn abort_task_silently(&mut self, itt: u32) -> bool {
+        if let Some(t) = self.tasks.get_mut(&itt) {
+            if t.state == TaskState::Executing {
+                t.aborted = true;
+                return true;
+            }
+        }
         if self.remove_task(itt).is_some() {
             self.mark_dead(itt);
         }
+        self.ready.retain(|r| r.0 != itt);
+        false
     }
 
     fn on_nop_out(&mut self, pdu: Pdu) {
@@ -1118,41 +1143,126 @@ impl Connection {
         if !pdu.immediate() && !self.accept_cmd_sn(h.cmd_sn.get()) {
             return;
         }
+        let itt = h.itt.get();
         let function = h.flags & 0x7f;
         let lun = h.lun.get();
-        let response = if self.info.session_type == SessionType::Discovery {
-            5
-        } else {
-            match function {
-                1 => self.tmf_abort_task(h.ref_task_tag.get(), h.ref_cmd_sn.get(), h.cmd_sn.get()),
-                2 => self.tmf_engine(lun, TaskMgmt::AbortTaskSet),
-                3 => 5, // CLEAR ACA: not supported (no NACA)
-                4 => self.tmf_engine(lun, TaskMgmt::ClearTaskSet),
-                5 => self.tmf_engine(lun, TaskMgmt::LunReset),
-                6 => self.tmf_engine(lun, TaskMgmt::TargetWarmReset),
-                7 => self.tmf_engine(lun, TaskMgmt::TargetColdReset),
-                8 => 4, // TASK REASSIGN at ERL 0: task allegiance reassignment not supported
-                _ => 5,
+        if self.info.session_type == SessionType::Discovery || self.engine.is_none() {
+            self.send_tmf_response(itt, 5);
+            return;
+        }
+        let kind = match function {
+            1 => {
+                let (response, waiting) =
+                    self.tmf_abort_task(h.ref_task_tag.get(), h.ref_cmd_sn.get(), h.cmd_sn.get());
+                self.finish_or_defer_tmf(itt, None, lun, response, waiting);
+                return;
+            }
+            2 => TaskMgmt::AbortTaskSet,
+            4 => TaskMgmt::ClearTaskSet,
+            5 => TaskMgmt::LunReset,
+            6 => TaskMgmt::TargetWarmReset,
+            7 => TaskMgmt::TargetColdReset,
+            // TASK REASSIGN at ERL 0: task allegiance reassignment not supported.
+            8 => {
+                self.send_tmf_response(itt, 4);
+                return;
+            }
+            // CLEAR ACA (no NACA support) and unknown functions: not supported.
+            _ => {
+                self.send_tmf_response(itt, 5);
+                return;
             }
         };
-        let mut r = TmfRespBhs::zeroed_with(Opcode::TaskMgmtResp);
-        r.flags = FLAG_FINAL;
-        r.response = response;
-        r.itt.set(h.itt.get());
-        r.stat_sn.set(self.next_stat_sn());
-        r.exp_cmd_sn.set(self.exp_cmd_sn);
-        r.max_cmd_sn.set(self.max_cmd_sn);
-        encode_pdu(&mut self.out, &r.to_bhs(), &[], &[], self.digests);
-        if function == 7 && response == 0 {
+        let whole_target = matches!(kind, TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset);
+        let victims: Vec<u32> = self
+            .tasks
+            .values()
+            .filter(|t| whole_target || t.lun == lun)
+            .map(|t| t.itt)
+            .collect();
+        let mut waiting = Vec::new();
+        for v in victims {
+            if self.abort_task_silently(v) {
+                waiting.push(v);
+            }
+        }
+        self.finish_or_defer_tmf(itt, Some(kind), lun, 0, waiting);
+    }
+
+    /// Respond now, or once the aborted tasks still on the engine have returned (the
+    /// response must not overtake the termination of the tasks it affects).
+    fn finish_or_defer_tmf(
+        &mut self,
+        itt: u32,
+        function: Option<TaskMgmt>,
+        lun: u64,
+        response: u8,
+        waiting: Vec<u32>,
+    ) {
+        if waiting.is_empty() {
+            self.finish_tmf(itt, function, lun, response);
+        } else {
+            self.pending_tmfs.push(PendingTmf {
+                itt,
+                function,
+                lun,
+                response,
+                waiting,
+            });
+        }
+    }
+
+    fn finish_tmf(&mut self, itt: u32, function: Option<TaskMgmt>, lun: u64, response: u8) {
+        let response = match (function, self.engine.clone()) {
+            (Some(f), Some(engine)) => match engine.task_mgmt(&self.info.nexus, lun, f) {
+                TmfOutcome::Complete => 0,
+                TmfOutcome::NoSuchLun => 2,
+                TmfOutcome::NotSupported => 5,
+            },
+            (Some(_), None) => 5,
+            (None, _) => response,
+        };
+        self.send_tmf_response(itt, response);
+        if function == Some(TaskMgmt::TargetColdReset) && response == 0 {
             self.close = Some(CloseReason::ColdReset);
         }
     }
 
-    fn tmf_abort_task(&mut self, ref_itt: u32, ref_cmd_sn: u32, cmd_sn: u32) -> u8 {
+    fn send_tmf_response(&mut self, itt: u32, response: u8) {
+        let mut r = TmfRespBhs::zeroed_with(Opcode::TaskMgmtResp);
+        r.flags = FLAG_FINAL;
+        r.response = response;
+        r.itt.set(itt);
+        r.stat_sn.set(self.next_stat_sn());
+        r.exp_cmd_sn.set(self.exp_cmd_sn);
+        r.max_cmd_sn.set(self.max_cmd_sn);
+        encode_pdu(&mut self.out, &r.to_bhs(), &[], &[], self.digests);
+    }
+
+    /// An aborted task came back from the engine: release TMF responses waiting for it.
+    fn resolve_pending_tmfs(&mut self, done_itt: u32) {
+        if self.pending_tmfs.is_empty() {
+            return;
+        }
+        for p in &mut self.pending_tmfs {
+            p.waiting.retain(|i| *i != done_itt);
+        }
+        let mut i = 0;
+        while i < self.pending_tmfs.len() {
+            if self.pending_tmfs[i].waiting.is_empty() {
+                let p = self.pending_tmfs.remove(i);
+                self.finish_tmf(p.itt, p.function, p.lun, p.response);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// ABORT TASK: (response, tasks still executing that must finish first).
+    fn tmf_abort_task(&mut self, ref_itt: u32, ref_cmd_sn: u32, cmd_sn: u32) -> (u8, Vec<u32>) {
         if self.tasks.contains_key(&ref_itt) {
-            self.abort_task_silently(ref_itt);
-            self.ready.retain(|r| r.0 != ref_itt);
-            return 0;
+            let executing = self.abort_task_silently(ref_itt);
+            return (0, if executing { vec![ref_itt] } else { Vec::new() });
         }
         // Not found: a command that never arrived but whose CmdSN is inside the window
         // and before this TMF counts as received (RFC 7143 §11.5.1 b); a completed
@@ -1165,35 +1275,9 @@ impl Connection {
                 self.update_max_cmd_sn();
             }
             self.mark_dead(ref_itt);
-            return 0;
+            return (0, Vec::new());
         }
-        1
-    }
-
-    fn tmf_engine(&mut self, lun: u64, f: TaskMgmt) -> u8 {
-        let Some(engine) = self.engine.clone() else {
-            return 5;
-        };
-        let whole_target = matches!(f, TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset);
-        let outcome = engine.task_mgmt(&self.info.nexus, lun, f);
-        match outcome {
-            TmfOutcome::Complete => {
-                let victims: Vec<u32> = self
-                    .tasks
-                    .values()
-                    .filter(|t| whole_target || t.lun == lun)
-                    .map(|t| t.itt)
-                    .collect();
-                for itt in victims {
-                    self.abort_task_silently(itt);
-                }
-                let tasks = &self.tasks;
-                self.ready.retain(|r| tasks.contains_key(&r.0));
-                0
-            }
-            TmfOutcome::NoSuchLun => 2,
-            TmfOutcome::NotSupported => 5,
-        }
+        (1, Vec::new())
     }
 
     fn on_logout(&mut self, pdu: Pdu) {
@@ -1428,7 +1512,14 @@ impl Connection {
             elapsed: _,
         } = done;
         self.put_buf(data_out);
-        // A task aborted while executing is gone from the table: its result is dropped.
+        if self.tasks.get(&itt).is_some_and(|t| t.aborted) {
+            // Aborted while executing: drop the result, then answer waiting TMFs.
+            self.remove_task(itt);
+            self.mark_dead(itt);
+            self.put_buf(data_in);
+            self.resolve_pending_tmfs(itt);
+            return;
+        }
         if let Some(mut task) = self.tasks.remove(&itt) {
             // Free the window slot first so the response already carries the new MaxCmdSN.
             self.release_task(&mut task);

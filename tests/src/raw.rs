@@ -279,21 +279,19 @@ impl RawSession {
                     let off = p.u32_at(40) as usize;
                     let len = p.u32_at(44) as usize;
                     let chunk = &data[off.min(data.len())..(off + len).min(data.len())];
-                    let mut dsn = 0;
                     for (i, piece) in chunk.chunks(self.target_mrdsl as usize).enumerate() {
                         let last = (i + 1) * self.target_mrdsl as usize >= chunk.len();
                         let mut d = bhs(0x05, if last { 0x80 } else { 0 }, piece.len());
                         put32(&mut d, 16, itt);
                         put32(&mut d, 20, ttt);
                         put32(&mut d, 28, self.exp_stat_sn);
-                        put32(&mut d, 36, dsn);
+                        put32(&mut d, 36, u32::try_from(i).expect("DataSN"));
                         put32(
                             &mut d,
                             40,
                             u32::try_from(off + i * self.target_mrdsl as usize).expect("offset"),
                         );
                         self.send(&d, piece);
-                        dsn += 1;
                     }
                 }
                 op::NOP_IN => {

@@ -901,3 +901,109 @@ fn large_read_by_reference_with_digests_and_vectored_slices() {
     }
     assert_eq!(&data[..], &r.engine.data.lock().unwrap()[..65536]);
 }
+
+#[test]
+fn tmf_response_waits_for_aborted_tasks_on_the_engine() {
+    let mut r = rig();
+    let sn = r.next_sn();
+    r.send(cmd(
+        1,
+        sn,
+        pdu::CMD_FLAG_READ | FLAG_FINAL,
+        512,
+        read10(0, 1),
+        &[],
+    ));
+    let sn = r.next_sn();
+    r.send(cmd(
+        2,
+        sn,
+        pdu::CMD_FLAG_READ | FLAG_FINAL,
+        512,
+        read10(1, 1),
+        &[],
+    ));
+    let jobs = r.conn.take_runnable();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(r.conn.executing(), 2);
+    // ABORT TASK for ITT 1 while it is on the engine: no answer yet.
+    r.send(tmf(100, 1, 1, 1000, r.cmd_sn, 0));
+    assert!(r.out().is_empty());
+    // LUN RESET while ITT 2 is on the engine: no answer yet either.
+    r.send(tmf(101, 5, RESERVED_TAG, 0, r.cmd_sn, 0));
+    assert!(r.out().is_empty());
+    assert!(
+        r.engine.tmfs.lock().unwrap().is_empty(),
+        "reset waits for running tasks"
+    );
+    let mut jobs = jobs.into_iter();
+    let d = jobs.next().unwrap().run();
+    r.conn.on_exec_done(d);
+    let out = r.out();
+    assert_eq!(
+        out.len(),
+        1,
+        "ABORT TASK answered, no data for the aborted read"
+    );
+    assert_eq!(out[0].itt(), 100);
+    assert_eq!(out[0].view::<TmfRespBhs>().response, 0);
+    let d = jobs.next().unwrap().run();
+    r.conn.on_exec_done(d);
+    let out = r.out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].itt(), 101);
+    assert_eq!(*r.engine.tmfs.lock().unwrap(), vec![TaskMgmt::LunReset]);
+    assert_eq!(r.conn.outstanding_tasks(), 0);
+    assert_eq!(r.conn.executing(), 0);
+}
+
+#[test]
+fn ordered_task_waits_for_earlier_tasks() {
+    let mut p = params();
+    p.initial_r2t = true;
+    let mut r = rig_with(p, SessionType::Normal);
+    // A SIMPLE write waiting for data, then an ORDERED read, then a SIMPLE read.
+    let sn = r.next_sn();
+    r.send(cmd(
+        1,
+        sn,
+        pdu::CMD_FLAG_WRITE | FLAG_FINAL,
+        512,
+        write10(5, 1),
+        &[],
+    ));
+    let ttt = r.out()[0].view::<R2tBhs>().ttt.get();
+    let sn = r.next_sn();
+    let mut c = cmd(
+        2,
+        sn,
+        pdu::CMD_FLAG_READ | FLAG_FINAL,
+        512,
+        read10(5, 1),
+        &[],
+    );
+    c.bhs[1] = (c.bhs[1] & !7) | 2; // ORDERED
+    r.send(c);
+    let sn = r.next_sn();
+    r.send(cmd(
+        3,
+        sn,
+        pdu::CMD_FLAG_READ | FLAG_FINAL,
+        512,
+        read10(6, 1),
+        &[],
+    ));
+    assert!(
+        r.out().is_empty(),
+        "ORDERED waits for the write; the later SIMPLE waits for ORDERED"
+    );
+    r.send(data_out(1, ttt, 0, 0, &[0xcd; 512], true));
+    let out = r.out();
+    let itts: Vec<u32> = out.iter().map(|p| p.itt()).collect();
+    assert_eq!(itts, vec![1, 2, 3]);
+    assert_eq!(
+        &out[1].data[..],
+        &[0xcd; 512][..],
+        "ORDERED read sees the earlier write"
+    );
+}
