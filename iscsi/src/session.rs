@@ -392,7 +392,8 @@ pub struct Connection {
     max_cmd_sn: u32,
     stat_sn: u32,
     future_sns: Vec<u32>,
-    tasks: HashMap<u32, Task>,
+    tasks: HashMap<u32, Task, TagHash>,
+    immediate_in_table: u32,
     /// Tasks whose data is complete: (ITT, CmdSN, immediate), non-immediate ones in
     /// CmdSN order.
     ready: VecDeque<(u32, u32, bool)>,
@@ -433,6 +434,29 @@ impl std::fmt::Debug for Connection {
 }
 
 const DEAD_ITTS_MAX: usize = 256;
+/// Immediate SCSI commands (outside the CmdSN window) one connection may have open.
+const IMMEDIATE_TASKS_MAX: u32 = 16;
+
+/// Hasher for task tags. The table is bounded (queue depth + [`IMMEDIATE_TASKS_MAX`]),
+/// so a fast multiplicative hash is safe even though initiators choose the tags.
+#[derive(Debug, Default, Clone, Copy)]
+struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (u64::from(v) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type TagHash = std::hash::BuildHasherDefault<TagHasher>;
 const POOL_BUFFERS_MAX: usize = 64;
 const TEXT_RESPONSE_MAX: usize = 1024 * 1024;
 
@@ -492,7 +516,8 @@ impl Connection {
             max_cmd_sn: exp_cmd_sn.wrapping_add(depth - 1),
             stat_sn,
             future_sns: Vec::new(),
-            tasks: HashMap::with_capacity(depth as usize),
+            tasks: HashMap::with_capacity_and_hasher(depth as usize, TagHash::default()),
+            immediate_in_table: 0,
             ready: VecDeque::with_capacity(depth as usize),
             ordered_in_table: 0,
             active_counted: 0,
@@ -677,6 +702,9 @@ impl Connection {
     fn release_task(&mut self, t: &mut Task) {
         if t.counted {
             self.active_counted = self.active_counted.saturating_sub(1);
+        } else if t.immediate {
+            self.immediate_in_table = self.immediate_in_table.saturating_sub(1);
+            t.immediate = false;
         }
         if t.attr == TaskAttr::Ordered {
             self.ordered_in_table = self.ordered_in_table.saturating_sub(1);
@@ -792,6 +820,10 @@ impl Connection {
         }
         if itt == RESERVED_TAG || self.tasks.contains_key(&itt) {
             self.reject(&pdu.bhs, RejectReason::InvalidPduField);
+            return;
+        }
+        if immediate && self.immediate_in_table >= IMMEDIATE_TASKS_MAX {
+            self.reject(&pdu.bhs, RejectReason::ImmediateCommandReject);
             return;
         }
         // Additional header segments: extended CDB and bidirectional read length.
@@ -918,6 +950,8 @@ impl Connection {
         }
         if task.counted {
             self.active_counted += 1;
+        } else {
+            self.immediate_in_table += 1;
         }
         if attr == TaskAttr::Ordered {
             self.ordered_in_table += 1;
@@ -1796,7 +1830,6 @@ impl Connection {
         let mut h = AsyncMsgBhs::zeroed_with(Opcode::AsyncMsg);
         h.flags = FLAG_FINAL;
         h.itt.set(RESERVED_TAG);
-        h.reserved2.set(RESERVED_TAG);
         h.stat_sn.set(self.next_stat_sn());
         h.exp_cmd_sn.set(self.exp_cmd_sn);
         h.max_cmd_sn.set(self.max_cmd_sn);

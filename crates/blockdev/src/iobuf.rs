@@ -12,6 +12,9 @@ pub struct IoBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
+    /// Bytes `[0, init)` of the allocation have been written at some point (they hold
+    /// zeros or stale data, never uninitialized memory).
+    init: usize,
 }
 
 // SAFETY: IoBuf owns its allocation exclusively (like Vec<u8>); no interior sharing.
@@ -29,6 +32,7 @@ impl IoBuf {
             ptr: NonNull::dangling(),
             len: 0,
             cap: 0,
+            init: 0,
         }
     }
 
@@ -73,6 +77,26 @@ impl IoBuf {
             };
         }
         self.len = len;
+        self.init = self.init.max(len);
+    }
+
+    /// Set the length to `len` for a caller that overwrites every byte (e.g. a device
+    /// read): bytes past the old length hold stale data from earlier use of this buffer
+    /// or zeros, and only never-used bytes are zero-filled. Avoids clearing a large read
+    /// buffer on every command.
+    pub fn resize_for_overwrite(&mut self, len: usize) {
+        self.reserve_total(len);
+        if len > self.init {
+            // SAFETY: capacity >= len; [init, len) lies inside the allocation.
+            unsafe {
+                self.ptr
+                    .as_ptr()
+                    .add(self.init)
+                    .write_bytes(0, len - self.init)
+            };
+            self.init = len;
+        }
+        self.len = len;
     }
 
     /// Shorten to `len` bytes (no-op if already shorter).
@@ -97,6 +121,7 @@ impl IoBuf {
             );
         }
         self.len = new_len;
+        self.init = self.init.max(new_len);
     }
 
     /// The bytes in use.
@@ -136,6 +161,8 @@ impl IoBuf {
         }
         self.ptr = new_ptr;
         self.cap = new_cap;
+        // Only the first `len` bytes were copied into the new allocation.
+        self.init = self.len;
     }
 }
 
@@ -197,5 +224,22 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert!(b.capacity() >= 10_000);
+    }
+
+    #[test]
+    fn resize_for_overwrite_keeps_memory_initialized() {
+        let mut b = IoBuf::new();
+        b.resize_for_overwrite(8192);
+        assert!(b.iter().all(|&x| x == 0), "never-used bytes are zero");
+        b.as_mut_slice().fill(7);
+        b.clear();
+        b.resize_for_overwrite(4096);
+        assert_eq!(b.len(), 4096);
+        // Stale but initialized bytes; growing past the old capacity re-zeroes the tail.
+        b.resize_for_overwrite(1 << 20);
+        assert!(b[8192..].iter().all(|&x| x == 0));
+        b.resize(10);
+        b.resize(20);
+        assert!(b[10..20].iter().all(|&x| x == 0), "resize still zero-fills");
     }
 }

@@ -38,11 +38,7 @@ fn len_field_byte(cdb_len: u8) -> u16 {
 /// by the caller); avoids zero-filling when the buffer already holds enough bytes.
 #[inline]
 fn scratch(buf: &mut IoBuf, len: usize) -> &mut [u8] {
-    if buf.len() >= len {
-        buf.truncate(len);
-    } else {
-        buf.resize(len);
-    }
+    buf.resize_for_overwrite(len);
     &mut buf[..len]
 }
 

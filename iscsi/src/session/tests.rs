@@ -1007,3 +1007,33 @@ fn ordered_task_waits_for_earlier_tasks() {
         "ORDERED read sees the earlier write"
     );
 }
+
+#[test]
+fn too_many_immediate_commands_are_rejected() {
+    let mut p = params();
+    p.initial_r2t = true;
+    let mut r = rig_with(p, SessionType::Normal);
+    for i in 0..17u32 {
+        let mut c = cmd(
+            i + 1,
+            r.cmd_sn,
+            pdu::CMD_FLAG_WRITE | FLAG_FINAL,
+            512,
+            write10(i, 1),
+            &[],
+        );
+        c.bhs[0] |= FLAG_IMMEDIATE;
+        r.send(c);
+    }
+    let out = r.out();
+    assert_eq!(out.iter().filter(|p| p.opcode() == Opcode::R2t).count(), 16);
+    let rej: Vec<&Pdu> = out
+        .iter()
+        .filter(|p| p.opcode() == Opcode::Reject)
+        .collect();
+    assert_eq!(rej.len(), 1);
+    assert_eq!(
+        rej[0].view::<RejectBhs>().reason,
+        RejectReason::ImmediateCommandReject as u8
+    );
+}
