@@ -474,6 +474,15 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
                 );
             }
             let exists = l.path.exists();
+            if l.read_only && !exists {
+                p(
+                    format!("{lkey}.path"),
+                    format!(
+                        "{} does not exist, and a read-only LUN cannot create it",
+                        l.path.display()
+                    ),
+                );
+            }
             match &l.size {
                 Some(s) => match parse_size(s) {
                     Ok(b) if b < 4096 => p(format!("{lkey}.size"), "must be at least 4KiB".into()),

@@ -41,8 +41,7 @@ pub fn open_lun_device(l: &LunSection) -> anyhow::Result<Arc<dyn BlockDevice>> {
         },
         write_cache: l.write_cache,
     };
-    let dev = FileDevice::open(&l.path, &opts)
-        .with_context(|| format!("cannot open LUN backing {}", l.path.display()))?;
+    let dev = FileDevice::open(&l.path, &opts).with_context(|| format!("LUN {}", l.lun))?;
     info!(lun = l.lun, "{}", dev.describe());
     Ok(Arc::new(dev))
 }

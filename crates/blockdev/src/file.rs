@@ -499,7 +499,7 @@ impl FileDevice {
             read_only = dev.read_only,
             direct_fallback = %direct_note,
             engine_fallback = %engine_note,
-            "opened block device"
+            "opened backing device"
         );
         Ok(dev)
     }
