@@ -338,3 +338,27 @@ fn discovery_lists_target_and_portal() {
         "portal/tpgt missing: {out}"
     );
 }
+
+/// The README's first command: `twinsan demo` serves a LUN that initiators can use, and
+/// SIGTERM (handled like Ctrl-C) stops it with exit 0, keeping a --dir backing file.
+#[test]
+fn demo_serves_a_lun() {
+    if !have_tool("iscsi-inq") {
+        return;
+    }
+    let port = twinsan_e2e::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let demo_dir = scratch_dir();
+    let d = demo_dir.path().join("demo");
+    let d = d.to_str().unwrap().to_owned();
+    let mut t = Twinsan::start(
+        &["demo", "--listen", &listen, "--size", "64M", "--dir", &d],
+        listen.parse().unwrap(),
+        scratch_dir(),
+    );
+    let out = ok(Command::new("iscsi-readcapacity16")
+        .arg(format!("iscsi://{listen}/iqn.2026-11.org.twinsan:demo/0")));
+    assert!(out.contains("Total size:67108864"), "{out}");
+    assert_eq!(t.stop(), Some(0), "{}", t.log());
+    assert!(std::path::Path::new(&d).join("demo-lun0.img").exists());
+}
