@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// `[[portal_group]]`: where targets listen.
     #[serde(default, rename = "portal_group")]
     pub portal_groups: Vec<PortalGroupSection>,
+    /// `[alua]`: asymmetric access (target port groups and their states).
+    #[serde(default)]
+    pub alua: AluaSection,
     /// `[[target]]`: exported targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetSection>,
@@ -43,8 +46,12 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
-    /// A name for logs and status.
+    /// A name for logs and status (also names the default control socket).
     pub name: Option<String>,
+    /// Control socket (Unix socket, mode 0600) for `twinsan alua ...`; default
+    /// `$XDG_RUNTIME_DIR/twinsan/NAME.sock`, `/run/twinsan/NAME.sock` as root, else
+    /// `$TMPDIR/twinsan-UID/NAME.sock`. An empty string disables it.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// `[iscsi]`.
@@ -99,6 +106,69 @@ pub struct PortalGroupSection {
     pub tag: u16,
     /// Portals (`ADDR:PORT`).
     pub listen: Vec<String>,
+    /// Relative target port identifier of this portal group (1..=65535, unique on the
+    /// node and across the two heads of a pair); default: the tag.
+    pub relative_port_id: Option<u16>,
+    /// ALUA target port group it belongs to; default: the tag.
+    pub alua_group_id: Option<u16>,
+}
+
+impl PortalGroupSection {
+    /// The relative target port id (configured or the tag).
+    pub fn relative_port_id(&self) -> u16 {
+        self.relative_port_id.unwrap_or(self.tag)
+    }
+
+    /// The ALUA target port group id (configured or the tag).
+    pub fn alua_group_id(&self) -> u16 {
+        self.alua_group_id.unwrap_or(self.tag)
+    }
+}
+
+/// `[alua]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AluaSection {
+    /// Accept SET TARGET PORT GROUPS from initiators (explicit ALUA).
+    pub explicit: bool,
+    /// IMPLICIT TRANSITION TIME reported to initiators, in seconds.
+    pub implicit_transition_time_s: u8,
+    /// `[[alua.group]]`: initial state / PREF bit of local groups, and groups of the
+    /// peer head's ports.
+    #[serde(rename = "group")]
+    pub groups: Vec<AluaGroupSection>,
+}
+
+impl Default for AluaSection {
+    fn default() -> Self {
+        Self {
+            explicit: false,
+            implicit_transition_time_s: twinsan_scsi::AluaConfig::DEFAULT_TRANSITION_TIME_S,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// `[[alua.group]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AluaGroupSection {
+    /// Target port group id.
+    pub id: u16,
+    /// Initial state: active-optimized | active-non-optimized | standby | unavailable |
+    /// offline | transitioning.
+    #[serde(default = "default_alua_state")]
+    pub state: String,
+    /// PREF bit.
+    #[serde(default)]
+    pub preferred: bool,
+    /// Member ports that are not portal groups of this node (the peer head's).
+    #[serde(default)]
+    pub relative_port_ids: Vec<u16>,
+}
+
+fn default_alua_state() -> String {
+    "active-optimized".to_owned()
 }
 
 /// `[[target]]`.
@@ -178,6 +248,55 @@ impl LunSection {
             s.push(".pr");
             Some(PathBuf::from(s))
         }
+    }
+}
+
+/// The ALUA configuration of a target reachable through `portal_groups` (tags; empty
+/// = every portal group): one target port group per distinct `alua_group_id` of those
+/// portal groups (members: their relative port ids), plus every `[[alua.group]]`
+/// (which may set a local group's state and PREF bit and add peer ports to it).
+/// Groups left without ports are dropped. `cfg` must be valid.
+pub fn alua_config(cfg: &NodeConfig, portal_groups: &[u16]) -> twinsan_scsi::AluaConfig {
+    use twinsan_scsi::{AccessState, PortGroupConfig};
+    let mut groups: Vec<PortGroupConfig> = Vec::new();
+    for pg in &cfg.portal_groups {
+        if !portal_groups.is_empty() && !portal_groups.contains(&pg.tag) {
+            continue;
+        }
+        let id = pg.alua_group_id();
+        match groups.iter_mut().find(|g| g.id == id) {
+            Some(g) => g.relative_port_ids.push(pg.relative_port_id()),
+            None => groups.push(PortGroupConfig {
+                id,
+                state: AccessState::ActiveOptimized,
+                preferred: false,
+                relative_port_ids: vec![pg.relative_port_id()],
+            }),
+        }
+    }
+    for ag in &cfg.alua.groups {
+        let state = ag.state.parse().unwrap_or(AccessState::ActiveOptimized);
+        match groups.iter_mut().find(|g| g.id == ag.id) {
+            Some(g) => {
+                g.state = state;
+                g.preferred = ag.preferred;
+                g.relative_port_ids.extend_from_slice(&ag.relative_port_ids);
+            }
+            None => groups.push(PortGroupConfig {
+                id: ag.id,
+                state,
+                preferred: ag.preferred,
+                relative_port_ids: ag.relative_port_ids.clone(),
+            }),
+        }
+    }
+    // A local group none of whose portal groups serve this target, and with no peer
+    // ports, has no ports of this target.
+    groups.retain(|g| !g.relative_port_ids.is_empty());
+    twinsan_scsi::AluaConfig {
+        groups,
+        explicit: cfg.alua.explicit,
+        implicit_transition_time_s: cfg.alua.implicit_transition_time_s,
     }
 }
 
@@ -363,6 +482,7 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
     );
 
     let mut tags = BTreeSet::new();
+    let mut rel_ids: BTreeMap<u16, String> = BTreeMap::new();
     let mut addrs: BTreeMap<SocketAddr, u16> = BTreeMap::new();
     if cfg.portal_groups.is_empty() && !cfg.targets.is_empty() {
         p(
@@ -387,6 +507,18 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
                 "needs at least one ADDR:PORT".into(),
             );
         }
+        let rel = pg.relative_port_id();
+        if rel == 0 {
+            p(
+                format!("{key}.relative_port_id"),
+                "must be 1..=65535 (0 is reserved)".into(),
+            );
+        } else if let Some(other) = rel_ids.insert(rel, format!("{key}.relative_port_id")) {
+            p(
+                format!("{key}.relative_port_id"),
+                format!("relative port id {rel} is already used by {other} (every portal group is its own target port)"),
+            );
+        }
         for (j, l) in pg.listen.iter().enumerate() {
             match l.parse::<SocketAddr>() {
                 Ok(a) => {
@@ -401,6 +533,45 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
                     format!("{key}.listen[{j}]"),
                     format!("{l:?} is not ADDR:PORT (e.g. 0.0.0.0:3260 or [::1]:3260)"),
                 ),
+            }
+        }
+    }
+
+    let local_groups: BTreeSet<u16> = cfg
+        .portal_groups
+        .iter()
+        .map(PortalGroupSection::alua_group_id)
+        .collect();
+    let mut alua_ids = BTreeSet::new();
+    for (i, g) in cfg.alua.groups.iter().enumerate() {
+        let key = format!("alua.group[{i}]");
+        if !alua_ids.insert(g.id) {
+            p(
+                format!("{key}.id"),
+                format!("group {} is listed twice", g.id),
+            );
+        }
+        if let Err(e) = g.state.parse::<twinsan_scsi::AccessState>() {
+            p(format!("{key}.state"), e.to_string());
+        }
+        if !local_groups.contains(&g.id) && g.relative_port_ids.is_empty() {
+            p(
+                format!("{key}.relative_port_ids"),
+                format!(
+                    "group {} is not a local group (no portal group has alua_group_id = {}), so it needs the peer's relative port ids",
+                    g.id, g.id
+                ),
+            );
+        }
+        for (j, r) in g.relative_port_ids.iter().enumerate() {
+            let rkey = format!("{key}.relative_port_ids[{j}]");
+            if *r == 0 {
+                p(rkey, "must be 1..=65535 (0 is reserved)".into());
+            } else if let Some(other) = rel_ids.insert(*r, rkey.clone()) {
+                p(
+                    rkey,
+                    format!("relative port id {r} is already used by {other}"),
+                );
             }
         }
     }
@@ -629,6 +800,118 @@ engine = "fast"
             assert!(keys.contains(&want), "missing {want} in {keys:?}");
         }
         assert!(probs[0].to_string().starts_with(&f.display().to_string()));
+    }
+
+    #[test]
+    fn alua_groups_from_portal_groups_and_alua_sections() {
+        use twinsan_scsi::AccessState;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(
+            &f,
+            r#"
+[[portal_group]]
+tag = 1
+listen = ["127.0.0.1:3260"]
+relative_port_id = 11
+alua_group_id = 5
+
+[[portal_group]]
+tag = 2
+listen = ["127.0.0.2:3260"]
+relative_port_id = 12
+alua_group_id = 5
+
+[[portal_group]]
+tag = 3
+listen = ["127.0.0.3:3260"]
+
+[alua]
+explicit = true
+implicit_transition_time_s = 9
+
+[[alua.group]]
+id = 5
+preferred = true
+
+[[alua.group]]
+id = 6
+state = "standby"
+relative_port_ids = [21, 22]
+"#,
+        )
+        .unwrap();
+        let cfg = load(&f).unwrap();
+        let a = alua_config(&cfg, &[]);
+        assert!(a.explicit);
+        assert_eq!(a.implicit_transition_time_s, 9);
+        let g: Vec<(u16, AccessState, bool, Vec<u16>)> = a
+            .groups
+            .iter()
+            .map(|g| (g.id, g.state, g.preferred, g.relative_port_ids.clone()))
+            .collect();
+        assert_eq!(
+            g,
+            vec![
+                (5, AccessState::ActiveOptimized, true, vec![11, 12]),
+                (3, AccessState::ActiveOptimized, false, vec![3]),
+                (6, AccessState::Standby, false, vec![21, 22]),
+            ]
+        );
+        // A target reachable through portal group 3 only.
+        let only3 = alua_config(&cfg, &[3]);
+        let ids: Vec<u16> = only3.groups.iter().map(|g| g.id).collect();
+        assert_eq!(ids, vec![3, 6], "group 5 has no port of this target");
+        assert!(twinsan_scsi::AluaState::new(a).is_ok());
+    }
+
+    #[test]
+    fn alua_problems_are_reported_with_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(
+            &f,
+            r#"
+[[portal_group]]
+tag = 1
+listen = ["127.0.0.1:3260"]
+
+[[portal_group]]
+tag = 2
+listen = ["127.0.0.2:3260"]
+relative_port_id = 1
+
+[[portal_group]]
+tag = 3
+listen = ["127.0.0.3:3260"]
+relative_port_id = 0
+
+[[alua.group]]
+id = 9
+state = "sleepy"
+
+[[alua.group]]
+id = 9
+relative_port_ids = [3, 0]
+"#,
+        )
+        .unwrap();
+        let probs = load(&f).unwrap_err();
+        let keys: Vec<&str> = probs.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "portal_group[1].relative_port_id",
+            "portal_group[2].relative_port_id",
+            "alua.group[0].state",
+            "alua.group[0].relative_port_ids",
+            "alua.group[1].id",
+            "alua.group[1].relative_port_ids[1]",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {probs:#?}");
+        }
+        assert!(
+            !keys.contains(&"alua.group[1].relative_port_ids[0]"),
+            "port 3 is free (portal group 3 has id 0): {probs:#?}"
+        );
     }
 
     #[test]

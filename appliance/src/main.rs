@@ -4,6 +4,7 @@
 //! parsing arguments lives in a module (`config`, `secrets`, `node`) or a library crate.
 
 mod config;
+mod control;
 mod node;
 mod secrets;
 
@@ -15,7 +16,10 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use config::{LunSection, NodeConfig, PortalGroupSection, TargetSection};
+use config::{
+    AluaGroupSection, AluaSection, LunSection, NodeConfig, NodeSection, PortalGroupSection,
+    TargetSection,
+};
 
 /// twinsan — a two-node SAN appliance: iSCSI target, block replication and HA in one binary.
 ///
@@ -44,7 +48,14 @@ enum Command {
         /// Configuration file (TOML; see README "Configuration reference").
         #[arg(long, short)]
         config: PathBuf,
+        /// Control socket path (overrides `[node] control_socket`).
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
+    /// Show or set ALUA target port group states of a running node (through its
+    /// control socket).
+    #[command(subcommand)]
+    Alua(AluaCommand),
     /// Validate a configuration file and report every problem with file, key and reason.
     ///
     /// Exits 0 when the file is valid, 1 otherwise. Secret files are checked for
@@ -69,6 +80,37 @@ enum Command {
         /// Portal to listen on.
         #[arg(long, default_value = "127.0.0.1:3260")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AluaCommand {
+    /// Print every target port group: target, group id, state, PREF bit, member
+    /// relative port ids, cause of the last change.
+    Show {
+        /// Control socket of the running node.
+        #[arg(long)]
+        control: PathBuf,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Change the state of a target port group (an implicit transition: initiators get
+    /// ASYMMETRIC ACCESS STATE CHANGED).
+    Set {
+        /// Control socket of the running node.
+        #[arg(long)]
+        control: PathBuf,
+        /// Target port group id.
+        #[arg(long)]
+        group: u16,
+        /// active-optimized | active-non-optimized | standby | unavailable | offline |
+        /// transitioning.
+        #[arg(long)]
+        state: twinsan_scsi::AccessState,
+        /// Only on this target (default: every target that has the group).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -127,15 +169,93 @@ struct ExportArgs {
     /// block devices, which then refuse APTPL).
     #[arg(long)]
     pr_file: Option<PathBuf>,
+    /// Relative target port id of the portals (default 1); the other head of a pair
+    /// uses another one.
+    #[arg(long)]
+    relative_port_id: Option<u16>,
+    /// ALUA target port group of the portals (default 1).
+    #[arg(long)]
+    alua_group_id: Option<u16>,
+    /// Initial ALUA state of that group.
+    #[arg(long, default_value = "active-optimized")]
+    alua_state: twinsan_scsi::AccessState,
+    /// Accept SET TARGET PORT GROUPS from initiators (explicit ALUA).
+    #[arg(long)]
+    explicit_alua: bool,
+    /// A target port group of the peer head, reported in REPORT TARGET PORT GROUPS:
+    /// ID:PORT[,PORT...][:STATE] (repeatable; default state standby).
+    #[arg(long = "alua-remote-group", value_name = "SPEC", value_parser = parse_remote_group)]
+    alua_remote_group: Vec<AluaGroupSection>,
+    /// Serve a control socket for `twinsan alua` at PATH (without PATH: under
+    /// $XDG_RUNTIME_DIR, /run or $TMPDIR, named after the first portal). Default: none.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    control: Option<Option<PathBuf>>,
+}
+
+/// Parse `ID:PORT[,PORT...][:STATE]`.
+fn parse_remote_group(s: &str) -> Result<AluaGroupSection, String> {
+    let mut parts = s.split(':');
+    let id = parts
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| format!("{s:?}: expected ID:PORT[,PORT...][:STATE]"))?;
+    let ports = parts
+        .next()
+        .ok_or_else(|| format!("{s:?}: expected ID:PORT[,PORT...][:STATE]"))?
+        .split(',')
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("{s:?}: bad port id {p:?}"))
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    let state = match parts.next() {
+        Some(st) => {
+            st.parse::<twinsan_scsi::AccessState>()
+                .map_err(|e| e.to_string())?;
+            st.to_owned()
+        }
+        None => "standby".to_owned(),
+    };
+    if parts.next().is_some() {
+        return Err(format!("{s:?}: expected ID:PORT[,PORT...][:STATE]"));
+    }
+    Ok(AluaGroupSection {
+        id,
+        state,
+        preferred: false,
+        relative_port_ids: ports,
+    })
 }
 
 impl ExportArgs {
     fn into_config(self) -> NodeConfig {
+        let local_group = self.alua_group_id.unwrap_or(1);
+        let mut alua_groups = vec![AluaGroupSection {
+            id: local_group,
+            state: self.alua_state.name().to_owned(),
+            preferred: false,
+            relative_port_ids: Vec::new(),
+        }];
+        alua_groups.extend(self.alua_remote_group);
         NodeConfig {
+            node: NodeSection {
+                name: None,
+                control_socket: match self.control {
+                    None => Some(PathBuf::new()),
+                    Some(path) => path,
+                },
+            },
             portal_groups: vec![PortalGroupSection {
                 tag: 1,
                 listen: self.listen,
+                relative_port_id: self.relative_port_id,
+                alua_group_id: self.alua_group_id,
             }],
+            alua: AluaSection {
+                explicit: self.explicit_alua,
+                groups: alua_groups,
+                ..AluaSection::default()
+            },
             targets: vec![TargetSection {
                 iqn: self.iqn,
                 alias: None,
@@ -257,8 +377,51 @@ fn demo(dir: Option<PathBuf>, size: String, listen: String) -> anyhow::Result<()
         block_size: None,
         uuid: None,
         pr_file: None,
+        relative_port_id: None,
+        alua_group_id: None,
+        alua_state: twinsan_scsi::AccessState::ActiveOptimized,
+        explicit_alua: false,
+        alua_remote_group: Vec::new(),
+        control: None,
     };
     serve_config(args.into_config(), std::path::Path::new("(demo)"))
+}
+
+/// `twinsan alua ...`: one request to a running node's control socket; prints the
+/// response lines. Exit 0 on success, 1 when the node refused, 2 when it is unreachable.
+fn alua_command(cmd: AluaCommand) -> ExitCode {
+    let (path, req) = match cmd {
+        AluaCommand::Show { control, target } => (control, control::Request::AluaShow { target }),
+        AluaCommand::Set {
+            control,
+            group,
+            state,
+            target,
+        } => (
+            control,
+            control::Request::AluaSet {
+                group,
+                state,
+                target,
+            },
+        ),
+    };
+    match control::request(&path, &req) {
+        Ok(Ok(lines)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(reason)) => {
+            eprintln!("twinsan: {}: {reason}", path.display());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("twinsan: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -268,8 +431,16 @@ fn main() -> ExitCode {
         Command::Export(a) => {
             serve_config((*a).into_config(), std::path::Path::new("(command line)"))
         }
-        Command::Serve { config } => match config::load(&config) {
-            Ok(cfg) => serve_config(cfg, &config),
+        Command::Serve {
+            config,
+            control: control_path,
+        } => match config::load(&config) {
+            Ok(mut cfg) => {
+                if control_path.is_some() {
+                    cfg.node.control_socket = control_path;
+                }
+                serve_config(cfg, &config)
+            }
             Err(problems) => {
                 for p in &problems {
                     eprintln!("error: {p}");
@@ -302,6 +473,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { dir, size, listen } => demo(dir, size, listen),
+        Command::Alua(cmd) => return alua_command(cmd),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

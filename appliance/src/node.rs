@@ -1,8 +1,9 @@
 //! Running one node from a validated configuration: open the LUN devices, build the
 //! SCSI logical units and iSCSI targets, bind the portals, serve until shutdown.
 //!
-//! Owns: the mapping from [`NodeConfig`] to runtime objects. It is the only place that
-//! opens backing devices and secret files at start-up; protocol logic lives in the
+//! Owns: the mapping from [`NodeConfig`] to runtime objects (including each target's
+//! ALUA state and the control socket serving it). It is the only place that opens
+//! backing devices and secret files at start-up; protocol logic lives in the
 //! `twinsan-iscsi` and `twinsan-scsi` crates.
 
 use std::collections::BTreeMap;
@@ -15,9 +16,10 @@ use tracing::info;
 
 use twinsan_blockdev::{BlockDevice, DirectPreference, EnginePreference, FileDevice, FileOptions};
 use twinsan_iscsi::{ChapCredentials, PortalGroup, Server, ServerConfig, TargetConfig};
-use twinsan_scsi::{FileReservationStore, LogicalUnit, LunConfig, LunMap};
+use twinsan_scsi::{AluaState, FileReservationStore, LogicalUnit, LunConfig, LunMap};
 
 use crate::config::{self, LunSection, NodeConfig};
+use crate::control::{self, ControlSocket};
 use crate::secrets::read_secret_file;
 
 /// Open the backing device of one LUN as the config says.
@@ -60,10 +62,18 @@ fn chap(
     }
 }
 
+/// What [`build_server_config`] builds.
+pub struct Built {
+    /// The iSCSI server configuration.
+    pub server: ServerConfig,
+    /// Every portal with its portal group tag.
+    pub portals: Vec<(SocketAddr, u16)>,
+    /// The ALUA state of every target, by IQN (what the control socket drives).
+    pub alua: control::Targets,
+}
+
 /// Build the iSCSI server configuration (opens devices and reads secrets).
-pub fn build_server_config(
-    cfg: &NodeConfig,
-) -> anyhow::Result<(ServerConfig, Vec<(SocketAddr, u16)>)> {
+pub fn build_server_config(cfg: &NodeConfig) -> anyhow::Result<Built> {
     let mut portals = Vec::new();
     let mut groups = BTreeMap::new();
     for pg in &cfg.portal_groups {
@@ -78,10 +88,12 @@ pub fn build_server_config(
             PortalGroup {
                 tag: pg.tag,
                 portals: addrs,
+                relative_port_id: pg.relative_port_id(),
             },
         );
     }
     let mut targets = Vec::new();
+    let mut alua_states = Vec::new();
     for t in &cfg.targets {
         let mut luns = Vec::new();
         for l in &t.luns {
@@ -104,10 +116,13 @@ pub fn build_server_config(
                 .filter_map(|tag| groups.get(tag).cloned())
                 .collect()
         };
+        let alua = AluaState::new(config::alua_config(cfg, &t.portal_groups))
+            .with_context(|| format!("target {}: ALUA target port groups", t.iqn))?;
+        alua_states.push((t.iqn.clone(), alua.clone()));
         targets.push(TargetConfig {
             iqn: t.iqn.clone(),
             alias: t.alias.clone(),
-            luns: Arc::new(LunMap::new(luns)),
+            luns: Arc::new(LunMap::new(luns).with_alua(alua)),
             allowed_initiators: t.allowed_initiators.clone(),
             chap: chap(&t.chap_user, &t.chap_secret_file)?,
             mutual_chap: chap(&t.mutual_chap_user, &t.mutual_chap_secret_file)?,
@@ -127,7 +142,34 @@ pub fn build_server_config(
         max_sessions: is.max_sessions,
         login_timeout_ms: is.login_timeout_ms,
     };
-    Ok((sc, portals))
+    Ok(Built {
+        server: sc,
+        portals,
+        alua: alua_states,
+    })
+}
+
+/// The control socket path for `cfg`: configured (`None` when configured empty) or
+/// the default for the node name, else for the first portal.
+pub fn control_path(cfg: &NodeConfig) -> Option<std::path::PathBuf> {
+    match &cfg.node.control_socket {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p.clone()),
+        None => {
+            let name = match &cfg.node.name {
+                Some(n) => n.clone(),
+                None => format!(
+                    "twinsan-{}",
+                    cfg.portal_groups
+                        .first()
+                        .and_then(|g| g.listen.first())
+                        .map(String::as_str)
+                        .unwrap_or("node")
+                ),
+            };
+            Some(control::default_path(&name))
+        }
+    }
 }
 
 /// Serve `cfg` until `shutdown` is cancelled.
@@ -138,7 +180,11 @@ pub async fn run(cfg: &NodeConfig, shutdown: CancellationToken) -> anyhow::Resul
         version = env!("CARGO_PKG_VERSION"),
         "twinsan node starting"
     );
-    let (sc, portals) = build_server_config(cfg)?;
+    let Built {
+        server: sc,
+        portals,
+        alua,
+    } = build_server_config(cfg)?;
     let mut listeners = Vec::new();
     for (addr, tag) in portals {
         let l = tokio::net::TcpListener::bind(addr)
@@ -150,11 +196,33 @@ pub async fn run(cfg: &NodeConfig, shutdown: CancellationToken) -> anyhow::Resul
     for t in &sc.targets {
         info!(target = %t.iqn, luns = t.luns.luns().count(), chap = t.chap.is_some(), mutual_chap = t.mutual_chap.is_some(), acl = t.allowed_initiators.len(), "target ready");
     }
+    // The control socket: a configured path must work; the default is best effort
+    // (e.g. two unnamed nodes on one host).
+    let control = match control_path(cfg) {
+        None => None,
+        Some(path) => match ControlSocket::bind(&path) {
+            Ok(s) => {
+                info!(socket = %s.path().display(), "control socket ready");
+                Some(s)
+            }
+            Err(e) if cfg.node.control_socket.is_some() => return Err(e),
+            Err(e) => {
+                tracing::warn!("no control socket: {e:#}");
+                None
+            }
+        },
+    };
+    let control_task = control.map(|c| tokio::spawn(c.serve(Arc::new(alua), shutdown.clone())));
     let server = Server::new(sc);
-    server
-        .run(listeners, shutdown)
+    let res = server
+        .run(listeners, shutdown.clone())
         .await
-        .context("iSCSI server failed")?;
+        .context("iSCSI server failed");
+    shutdown.cancel();
+    if let Some(t) = control_task {
+        let _ = t.await;
+    }
+    res?;
     info!("stopped");
     Ok(())
 }

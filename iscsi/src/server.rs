@@ -3,8 +3,18 @@
 //!
 //! Owns: listeners, one task per connection (that task alone owns the connection's
 //! state), the session registry (TSIH assignment, session reinstatement, status), the
-//! discovery view of targets and portals, the OS random source for CHAP challenges, and
-//! shutdown (Async logout request, bounded wait, flush).
+//! discovery view of targets and portals, the OS random source for CHAP challenges,
+//! the relative target port id of each connection's I_T nexus (from its portal
+//! group), cross-session task aborts, and shutdown (Async logout request, bounded
+//! wait, flush).
+//!
+//! Cross-session aborts: every normal session has a mailbox (keyed by its nexus id).
+//! CLEAR TASK SET, LOGICAL UNIT RESET and target resets completed on one connection,
+//! and PERSISTENT RESERVE OUT / PREEMPT AND ABORT (through the engine's
+//! [`twinsan_scsi::PreemptAbortHook`], which runs on the executing thread and must not
+//! block), post "abort your tasks on LUN n" to the mailboxes of the affected nexuses;
+//! each connection task drains its mailbox in its own loop
+//! ([`Connection::abort_for_other_nexus`]). A mailbox holds at most one entry per LUN.
 //!
 //! May not touch: protocol decisions (they live in `login` and `session`), block devices
 //! other than through the SCSI engine.
@@ -27,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use twinsan_scsi::{LunMap, Nexus};
+use twinsan_scsi::{LunMap, Nexus, PreemptAbort};
 
 use crate::engine::ScsiEngine;
 pub use crate::login::ChapCredentials;
@@ -76,13 +86,19 @@ impl CommandCost {
 /// Resolution of NOP-In pings, ping timeouts and the logout grace period.
 const TICK: Duration = Duration::from_millis(250);
 
-/// A target portal group: a tag and the portals (listen addresses) in it.
+/// A target portal group: a tag and the portals (listen addresses) in it. In SCSI
+/// terms it is one target port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortalGroup {
     /// Target portal group tag (1..=65535).
     pub tag: u16,
     /// Portals.
     pub portals: Vec<SocketAddr>,
+    /// Relative target port identifier of this target port (1..=65535): the
+    /// `relative_port_id` of every I_T nexus through it (VPD 0x83, persistent
+    /// reservations, ALUA port groups). Two heads exporting one volume use different
+    /// ids.
+    pub relative_port_id: u16,
 }
 
 /// One exported target.
@@ -174,6 +190,74 @@ pub struct ServerStatus {
     pub sessions: Vec<SessionStatus>,
 }
 
+/// Aborts other sessions asked one connection for (see the module documentation).
+#[derive(Debug)]
+struct Mailbox {
+    target: String,
+    /// LUN numbers (`None`: every LUN), at most one entry each.
+    pending: Mutex<Vec<Option<u64>>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    fn push(&self, lun: Option<u64>) {
+        {
+            let mut p = lock(&self.pending);
+            if !p.contains(&lun) {
+                p.push(lun);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<Option<u64>> {
+        std::mem::take(&mut *lock(&self.pending))
+    }
+}
+
+/// The mailboxes of all normal sessions, by nexus id.
+#[derive(Debug, Default)]
+struct Mailboxes {
+    map: Mutex<HashMap<u64, Arc<Mailbox>>>,
+}
+
+impl Mailboxes {
+    fn register(&self, nexus_id: u64, target: &str) -> Arc<Mailbox> {
+        let m = Arc::new(Mailbox {
+            target: target.to_owned(),
+            pending: Mutex::new(Vec::new()),
+            notify: tokio::sync::Notify::new(),
+        });
+        lock(&self.map).insert(nexus_id, m.clone());
+        m
+    }
+
+    fn remove(&self, nexus_id: u64) {
+        lock(&self.map).remove(&nexus_id);
+    }
+
+    /// Ask the session of `nexus_id` to abort its tasks on `lun`.
+    fn post(&self, nexus_id: u64, lun: Option<u64>) {
+        let m = lock(&self.map).get(&nexus_id).cloned();
+        match m {
+            Some(m) => m.push(lun),
+            None => tracing::debug!(nexus = nexus_id, "abort for a nexus without a session"),
+        }
+    }
+
+    /// Ask every session of `target` but `except` to abort its tasks on `lun`.
+    fn post_target(&self, target: &str, except: u64, lun: Option<u64>) {
+        let boxes: Vec<Arc<Mailbox>> = lock(&self.map)
+            .iter()
+            .filter(|(id, m)| **id != except && m.target == target)
+            .map(|(_, m)| m.clone())
+            .collect();
+        for m in boxes {
+            m.push(lun);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SessionEntry {
     status: SessionStatus,
@@ -244,6 +328,7 @@ pub struct Server {
     registry: Mutex<Registry>,
     listeners: Mutex<Vec<(SocketAddr, u16)>>,
     next_nexus_id: AtomicU64,
+    mailboxes: Arc<Mailboxes>,
 }
 
 fn isid_hex(isid: &[u8; 6]) -> String {
@@ -271,6 +356,16 @@ impl Server {
     /// runs on its connection's task).
     pub fn with_exec_threads(cfg: ServerConfig, threads: usize) -> Arc<Self> {
         let queue_len = (cfg.queue_depth.max(1) as usize * 8).max(1024);
+        let mailboxes = Arc::new(Mailboxes::default());
+        for t in &cfg.targets {
+            let mb = mailboxes.clone();
+            t.luns
+                .set_preempt_abort_hook(Arc::new(move |pa: &PreemptAbort| {
+                    for id in &pa.nexus_ids {
+                        mb.post(*id, Some(pa.lun));
+                    }
+                }));
+        }
         Arc::new(Self {
             pool: (threads > 0).then(|| ExecPool::new(threads, queue_len)),
             cfg,
@@ -280,6 +375,7 @@ impl Server {
             }),
             listeners: Mutex::new(Vec::new()),
             next_nexus_id: AtomicU64::new(1),
+            mailboxes,
         })
     }
 
@@ -484,10 +580,19 @@ impl Server {
             Some((tsih, c)) if tsih == result.tsih => c,
             _ => return Ok(()),
         };
+        // The target port: the portal group's configured relative port id.
+        let relative_port_id = result
+            .target
+            .as_ref()
+            .and_then(|t| self.find_target(&t.iqn))
+            .and_then(|tc| tc.portal_groups.iter().find(|g| g.tag == tpgt))
+            .map(|g| g.relative_port_id)
+            .unwrap_or(tpgt)
+            .max(1);
         let nexus = Nexus {
             id: self.next_nexus_id.fetch_add(1, Ordering::Relaxed),
             initiator_port: format!("{},i,0x{}", result.initiator_name, isid_hex(&result.isid)),
-            relative_port_id: tpgt.max(1),
+            relative_port_id,
         };
         let engine: Option<Arc<dyn ScsiEngine>> = match (&result.session_type, &result.target) {
             (SessionType::Normal, Some(t)) => self.find_target(&t.iqn).map(|tc| {
@@ -521,6 +626,10 @@ impl Server {
             cid: result.cid,
             nexus: nexus.clone(),
         };
+        let mailbox = match (&engine, &result.target) {
+            (Some(_), Some(t)) => Some(self.mailboxes.register(nexus.id, &t.iqn)),
+            _ => None,
+        };
         let discovery: Arc<dyn DiscoveryEnv> = self.clone();
         let mut conn = Connection::new(
             ccfg,
@@ -538,8 +647,16 @@ impl Server {
             max_recv_data_segment_len: conn.max_recv_data_segment_len(),
         };
         let res = self
-            .full_feature(&mut stream, &mut decoder, &mut conn, &cancel, &shutdown)
+            .full_feature(
+                &mut stream,
+                &mut decoder,
+                &mut conn,
+                mailbox.as_deref(),
+                &cancel,
+                &shutdown,
+            )
             .await;
+        self.mailboxes.remove(nexus.id);
         conn.abort_all();
         if let Some(e) = &engine {
             let e = e.clone();
@@ -559,6 +676,7 @@ impl Server {
         stream: &mut TcpStream,
         decoder: &mut Decoder,
         conn: &mut Connection,
+        mailbox: Option<&Mailbox>,
         cancel: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> std::io::Result<()> {
@@ -592,6 +710,19 @@ impl Server {
                     while let Ok(done) = done_rx.try_recv() {
                         cost.add(done.elapsed(), 1);
                         conn.on_exec_done(done);
+                    }
+                }
+                _ = async {
+                    match mailbox {
+                        Some(m) => m.notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Other sessions' task management / PREEMPT AND ABORT.
+                    if let Some(m) = mailbox {
+                        for lun in m.take() {
+                            conn.abort_for_other_nexus(lun);
+                        }
                     }
                 }
                 _ = shutdown.cancelled(), if !logout_sent => {
@@ -675,6 +806,13 @@ impl Server {
                     run()
                 };
                 cost.add(total, n);
+            }
+            let third_party = conn.take_third_party_aborts();
+            if let (false, Some(target)) = (third_party.is_empty(), mailbox.map(|m| &m.target)) {
+                for lun in third_party {
+                    self.mailboxes
+                        .post_target(target, conn.info().nexus.id, lun);
+                }
             }
             if conn.has_output() {
                 let out = conn.take_output_vectored(std::mem::take(&mut spare));

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use twinsan_blockdev::IoBuf;
-use twinsan_scsi::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TaskAttr, TaskMgmt};
+use twinsan_scsi::{LunMap, Nexus, ScsiRequest, ScsiResponse, ScsiStatus, TaskAttr, TaskMgmt};
 
 use crate::engine::{ScsiEngine, TmfOutcome};
 use crate::login::SessionType;
@@ -416,6 +416,9 @@ pub struct Connection {
     text_in: Vec<u8>,
     text_cont: Option<TextContinuation>,
     pending_tmfs: Vec<PendingTmf>,
+    /// Completed task management functions whose tasks on other I_T nexuses the
+    /// driver must abort: `Some(lun)` for one LUN, `None` for every LUN.
+    third_party_aborts: Vec<Option<u64>>,
     logout_requested: Option<Instant>,
     close: Option<CloseReason>,
     stats: ConnStats,
@@ -536,6 +539,7 @@ impl Connection {
             text_in: Vec::new(),
             text_cont: None,
             pending_tmfs: Vec::new(),
+            third_party_aborts: Vec::new(),
             logout_requested: None,
             close: None,
             stats: ConnStats::default(),
@@ -1257,9 +1261,70 @@ impl Connection {
             (None, _) => response,
         };
         self.send_tmf_response(itt, response);
+        if response == 0 {
+            // SAM-5: CLEAR TASK SET and LOGICAL UNIT RESET abort the tasks of every
+            // I_T nexus on the LU, target resets every task.
+            let others = match function {
+                Some(TaskMgmt::ClearTaskSet | TaskMgmt::LunReset) => {
+                    LunMap::decode_lun(lun).map(Some)
+                }
+                Some(TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset) => Some(None),
+                _ => None,
+            };
+            if let Some(scope) = others {
+                if !self.third_party_aborts.contains(&scope) {
+                    self.third_party_aborts.push(scope);
+                }
+            }
+        }
         if function == Some(TaskMgmt::TargetColdReset) && response == 0 {
             self.close = Some(CloseReason::ColdReset);
         }
+    }
+
+    /// Task management functions completed on this connection that abort tasks of
+    /// other I_T nexuses too (`Some(lun)`: that LUN number, `None`: every LUN): the
+    /// driver hands each to the other sessions of the target, which call
+    /// [`Connection::abort_for_other_nexus`].
+    pub fn take_third_party_aborts(&mut self) -> Vec<Option<u64>> {
+        std::mem::take(&mut self.third_party_aborts)
+    }
+
+    /// Abort this connection's tasks on LUN number `lun` (`None`: every LUN) because
+    /// another I_T nexus asked: CLEAR TASK SET, LOGICAL UNIT RESET or a target reset
+    /// from another session, or PERSISTENT RESERVE OUT / PREEMPT AND ABORT that removed
+    /// this nexus's registration. The control mode page reports TAS=1, so every
+    /// aborted task ends with TASK ABORTED status (late Data-Out for it is dropped).
+    /// Tasks already on the engine cannot be stopped: they complete with their own
+    /// status. Returns the number of tasks aborted.
+    pub fn abort_for_other_nexus(&mut self, lun: Option<u64>) -> usize {
+        let mut victims: Vec<(u32, u32)> = self
+            .tasks
+            .values()
+            .filter(|t| t.state != TaskState::Executing && !t.aborted)
+            .filter(|t| lun.is_none_or(|n| LunMap::decode_lun(t.lun) == Some(n)))
+            .map(|t| (t.cmd_sn, t.itt))
+            .collect();
+        victims.sort_unstable_by(|a, b| {
+            if sn_lt(a.0, b.0) {
+                std::cmp::Ordering::Less
+            } else if a.0 == b.0 {
+                a.1.cmp(&b.1)
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        for &(_, itt) in &victims {
+            self.ready.retain(|r| r.0 != itt);
+            if let Some(t) = self.remove_task(itt) {
+                self.mark_dead(itt);
+                if self.close.is_none() {
+                    tracing::debug!(itt, lun = ?lun, "task aborted for another I_T nexus");
+                    self.send_status_only(&t, ScsiStatus::TaskAborted, None);
+                }
+            }
+        }
+        victims.len()
     }
 
     fn send_tmf_response(&mut self, itt: u32, response: u8) {

@@ -261,6 +261,16 @@ impl BlockDevice for FaultDevice {
         self.inner.discard(offset_bytes, len_bytes)
     }
 
+    fn supports_discard(&self) -> bool {
+        self.inner.supports_discard()
+    }
+
+    fn provisioning_status(&self, offset_bytes: u64, len_bytes: u64) -> BlockResult<(bool, u64)> {
+        self.delay();
+        self.check_lbas(offset_bytes, len_bytes, false)?;
+        self.inner.provisioning_status(offset_bytes, len_bytes)
+    }
+
     fn write_cache_enabled(&self) -> bool {
         self.inner.write_cache_enabled()
     }

@@ -875,6 +875,50 @@ impl BlockDevice for FileDevice {
         res.map_err(|e| self.io_error(offset_bytes, "discard", e))
     }
 
+    fn supports_discard(&self) -> bool {
+        // Regular files: holes are punched (or zeros written where the file system
+        // cannot), and read back as zeros. Block devices stay fully provisioned.
+        !self.is_block_device
+    }
+
+    fn provisioning_status(&self, offset_bytes: u64, len_bytes: u64) -> BlockResult<(bool, u64)> {
+        check_range(self, offset_bytes, len_bytes)?;
+        if self.is_block_device || len_bytes == 0 {
+            return Ok((true, len_bytes));
+        }
+        let bs = u64::from(self.logical_block_size);
+        let end = offset_bytes + len_bytes;
+        let fd = self.buffered_fd();
+        let seek = |off: u64, hole: bool| sys::seek_data_or_hole(fd, off, hole);
+        // The end of the data extent starting at `from`, rounded up to a whole block.
+        let data_end = |from: u64| -> io::Result<u64> {
+            let hole = seek(from, true)?.unwrap_or(end).min(end);
+            Ok(hole.div_ceil(bs).saturating_mul(bs).min(end))
+        };
+        let status = match seek(offset_bytes, false) {
+            // SEEK_DATA/SEEK_HOLE unsupported here: everything counts as mapped.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                Ok((true, len_bytes))
+            }
+            Err(e) => Err(e),
+            Ok(None) => Ok((false, len_bytes)),
+            Ok(Some(data)) if data <= offset_bytes => {
+                data_end(offset_bytes).map(|e| (true, e - offset_bytes))
+            }
+            Ok(Some(data)) => {
+                // A hole up to `data`; whole blocks of it are deallocated, a block
+                // where data starts counts as mapped.
+                let hole_blocks = (data.min(end) - offset_bytes) / bs;
+                if hole_blocks > 0 {
+                    Ok((false, hole_blocks * bs))
+                } else {
+                    data_end(data).map(|e| (true, e - offset_bytes))
+                }
+            }
+        };
+        status.map_err(|e| self.io_error(offset_bytes, "seek data/hole", e))
+    }
+
     fn write_cache_enabled(&self) -> bool {
         self.write_cache
     }

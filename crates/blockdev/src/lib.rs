@@ -149,6 +149,27 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
         let _ = (offset_bytes, len_bytes);
         Err(BlockError::Unsupported("discard"))
     }
+    /// Whether [`BlockDevice::discard`] works here and discarded ranges read back as
+    /// zeros (what SCSI reports as thin provisioning with LBPRZ). `false` (the default)
+    /// makes the device fully provisioned to initiators.
+    fn supports_discard(&self) -> bool {
+        false
+    }
+    /// Provisioning status of the range `[offset_bytes, offset_bytes + len_bytes)`
+    /// (block-aligned, `len_bytes > 0`): whether its first block is mapped (backed by
+    /// storage) or deallocated, and the length in bytes (a multiple of the logical
+    /// block size, `1..=len_bytes` blocks) of the extent from `offset_bytes` with that
+    /// same status. A block that is only partly allocated counts as mapped. The default
+    /// reports the whole range as mapped.
+    fn provisioning_status(&self, offset_bytes: u64, len_bytes: u64) -> BlockResult<(bool, u64)> {
+        check_geometry(
+            self.size_bytes(),
+            self.logical_block_size(),
+            offset_bytes,
+            len_bytes,
+        )?;
+        Ok((true, len_bytes))
+    }
     /// Whether completed writes may sit in a volatile cache until [`BlockDevice::flush`]
     /// (what the SCSI caching mode page reports as WCE). `false` means every completed
     /// write is already durable.
@@ -179,15 +200,29 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
 
 /// Check that a request lies inside the device and is block-aligned.
 pub fn check_range(dev: &dyn BlockDevice, offset_bytes: u64, len_bytes: u64) -> BlockResult<()> {
-    let bs = u64::from(dev.logical_block_size());
+    check_geometry(
+        dev.size_bytes(),
+        dev.logical_block_size(),
+        offset_bytes,
+        len_bytes,
+    )
+}
+
+/// [`check_range`] for a device of `size_bytes` with `block_size` bytes per block.
+fn check_geometry(
+    size_bytes: u64,
+    block_size: u32,
+    offset_bytes: u64,
+    len_bytes: u64,
+) -> BlockResult<()> {
+    let bs = u64::from(block_size.max(1));
     if !offset_bytes.is_multiple_of(bs) || !len_bytes.is_multiple_of(bs) {
         return Err(BlockError::Unaligned {
             offset_bytes,
             len_bytes,
-            block_size_bytes: dev.logical_block_size(),
+            block_size_bytes: block_size,
         });
     }
-    let size_bytes = dev.size_bytes();
     match offset_bytes.checked_add(len_bytes) {
         Some(end) if end <= size_bytes => Ok(()),
         _ => Err(BlockError::OutOfRange {

@@ -202,6 +202,31 @@ impl BlockDevice for MemDevice {
         Ok(())
     }
 
+    fn supports_discard(&self) -> bool {
+        true
+    }
+
+    fn provisioning_status(&self, offset_bytes: u64, len_bytes: u64) -> BlockResult<(bool, u64)> {
+        check_range(self, offset_bytes, len_bytes)?;
+        // Allocation is per chunk: a chunk never written (or discarded whole) is
+        // deallocated, any other is mapped.
+        let end = offset_bytes + len_bytes;
+        let allocated = |idx: usize| {
+            self.chunks[idx]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+        };
+        let first = (offset_bytes >> CHUNK_SHIFT) as usize;
+        let mapped = allocated(first);
+        let mut idx = first + 1;
+        while (idx as u64) << CHUNK_SHIFT < end && allocated(idx) == mapped {
+            idx += 1;
+        }
+        let extent_end = ((idx as u64) << CHUNK_SHIFT).min(end);
+        Ok((mapped, extent_end - offset_bytes))
+    }
+
     fn write_cache_enabled(&self) -> bool {
         false
     }

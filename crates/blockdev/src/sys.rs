@@ -170,6 +170,28 @@ pub(crate) fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// lseek(SEEK_DATA or SEEK_HOLE): the offset of the next data (or hole) at or after
+/// `offset`; `Ok(None)` when there is none (ENXIO: no data up to the end of the file).
+pub(crate) fn seek_data_or_hole(fd: RawFd, offset: u64, hole: bool) -> io::Result<Option<u64>> {
+    let off = to_off(offset)?;
+    let whence = if hole {
+        libc::SEEK_HOLE
+    } else {
+        libc::SEEK_DATA
+    };
+    // SAFETY: plain system call on a file descriptor we own; no memory is passed. The
+    // file position it moves is never used (all I/O is positioned).
+    let rc = unsafe { libc::lseek(fd, off, whence) };
+    if rc >= 0 {
+        return Ok(Some(rc as u64));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENXIO) {
+        return Ok(None);
+    }
+    Err(err)
+}
+
 // Block-device ioctls that libc does not export (linux/fs.h). The encoding of _IO/_IOR
 // differs on a few architectures.
 #[cfg(any(

@@ -1,5 +1,6 @@
-//! Medium access commands (SBC-3): READ, WRITE, ORWRITE, VERIFY, WRITE AND VERIFY and
-//! WRITE SAME, plus the LBA range checks shared with PRE-FETCH and SYNCHRONIZE CACHE.
+//! Medium access commands (SBC-3): READ, WRITE, ORWRITE, VERIFY and WRITE AND VERIFY,
+//! plus the LBA range checks and helpers shared with PRE-FETCH, SYNCHRONIZE CACHE and
+//! the commands in `caw.rs`, `thin.rs` (WRITE SAME, UNMAP) and `xcopy.rs`.
 //!
 //! Owns: the data path. READ and WRITE are a straight line — field checks, range check,
 //! one `read_at` into the caller's buffer / one `write_at` from the initiator's data —
@@ -20,12 +21,12 @@
 use twinsan_blockdev::IoBuf;
 
 use crate::api::ScsiStatus;
-use crate::cdb::{BlockRw, VerifyArgs, WriteSameArgs};
+use crate::cdb::{BlockRw, VerifyArgs};
 use crate::lun::{limits, CmdResult, Exec, Fail, IoKind, LogicalUnit};
 use crate::sense::{asc, key, Sense};
 
 /// Byte offset of the TRANSFER LENGTH field for a CDB length (for field pointers).
-fn len_field_byte(cdb_len: u8) -> u16 {
+pub(crate) fn len_field_byte(cdb_len: u8) -> u16 {
     match cdb_len {
         6 => 4,
         10 => 7,
@@ -37,20 +38,20 @@ fn len_field_byte(cdb_len: u8) -> u16 {
 /// Set `buf` to `len` bytes without caring about their contents (they are overwritten
 /// by the caller); avoids zero-filling when the buffer already holds enough bytes.
 #[inline]
-fn scratch(buf: &mut IoBuf, len: usize) -> &mut [u8] {
+pub(crate) fn scratch(buf: &mut IoBuf, len: usize) -> &mut [u8] {
     buf.resize_for_overwrite(len);
     &mut buf[..len]
 }
 
-fn lba_oob() -> Fail {
+pub(crate) fn lba_oob() -> Fail {
     Fail::Check(Sense::illegal(asc::LBA_OUT_OF_RANGE))
 }
 
-fn bad_data_out_len() -> Fail {
+pub(crate) fn bad_data_out_len() -> Fail {
     Fail::Check(Sense::illegal(asc::INVALID_FIELD_IN_CMD_IU))
 }
 
-fn write_protected() -> Fail {
+pub(crate) fn write_protected() -> Fail {
     Fail::Check(Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED))
 }
 
@@ -162,9 +163,7 @@ impl LogicalUnit {
             return Ok(ScsiStatus::Good);
         }
         let data_out = &ex.req.data_out[..len as usize];
-        let _g = self
-            .gate
-            .read_modify_write(rw.lba, rw.lba + u64::from(rw.blocks));
+        let _g = self.rmw_section(rw.lba, rw.lba + u64::from(rw.blocks))?;
         let buf = scratch(ex.data_in, len as usize);
         let result = self
             .device()
@@ -298,70 +297,10 @@ impl LogicalUnit {
             None => Ok(ScsiStatus::Good),
         }
     }
-
-    /// WRITE SAME(10/16): write the single data-out block (or zeros with NDOB) to every
-    /// block of the range. UNMAP and ANCHOR are not supported (no thin provisioning).
-    pub(crate) fn write_same(&self, ws: WriteSameArgs, ex: &mut Exec<'_, '_>) -> CmdResult {
-        if ws.protect != 0 {
-            return Err(Sense::invalid_cdb(1, Some(7)).into());
-        }
-        if ws.lb_pb_data != 0 {
-            return Err(Sense::invalid_cdb(1, Some(2)).into());
-        }
-        let bs = u64::from(self.block_size());
-        let expected_out = if ws.ndob { 0 } else { bs };
-        ex.xfer = Some(expected_out);
-        if self.write_protected() {
-            return Err(write_protected());
-        }
-        if ws.anchor {
-            return Err(Sense::invalid_cdb(1, Some(4)).into());
-        }
-        if ws.unmap {
-            return Err(Sense::invalid_cdb(1, Some(3)).into());
-        }
-        let len_byte = len_field_byte(ws.cdb_len);
-        if ws.blocks == 0 {
-            // WSNZ=1 in the block limits page.
-            return Err(Sense::invalid_cdb(len_byte, None).into());
-        }
-        if u64::from(ws.blocks) > limits::max_write_same_blocks(self.block_size()) {
-            return Err(Sense::invalid_cdb(len_byte, None).into());
-        }
-        self.check_range(ws.lba, u64::from(ws.blocks))?;
-        if ex.req.data_out.len() as u64 != expected_out {
-            return Err(bad_data_out_len());
-        }
-        let total = u64::from(ws.blocks) * bs;
-        let chunk = limits::CHUNK_BYTES.max(bs).min(total) / bs * bs;
-        let pattern = ex.req.data_out;
-        let buf = scratch(ex.data_in, chunk as usize);
-        if ws.ndob {
-            buf.fill(0);
-        } else {
-            for blk in buf.chunks_mut(bs as usize) {
-                blk.copy_from_slice(pattern);
-            }
-        }
-        let off = ws.lba * bs;
-        let _g = self.gate.write(ws.lba, ws.lba + u64::from(ws.blocks));
-        let mut pos = 0u64;
-        let mut result = Ok(ScsiStatus::Good);
-        while pos < total {
-            let n = chunk.min(total - pos) as usize;
-            if let Err(e) = self.device().write_at(&buf[..n], off + pos, false) {
-                result = Err(self.io_fail(&e, IoKind::Write));
-                break;
-            }
-            pos += n as u64;
-        }
-        ex.data_in.clear();
-        result
-    }
 }
 
 /// Index of the first byte where `a` and `b` differ (over the shorter length).
-fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+pub(crate) fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     if a == b {
         return None;
     }

@@ -45,14 +45,20 @@ pub mod op {
     pub const PRE_FETCH_10: u8 = 0x34;
     /// SYNCHRONIZE CACHE(10).
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// READ DEFECT DATA(10).
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     /// WRITE SAME(10).
     pub const WRITE_SAME_10: u8 = 0x41;
+    /// UNMAP.
+    pub const UNMAP: u8 = 0x42;
     /// MODE SELECT(10).
     pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE(10).
     pub const MODE_SENSE_10: u8 = 0x5A;
     /// READ(16).
     pub const READ_16: u8 = 0x88;
+    /// COMPARE AND WRITE.
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
     /// WRITE(16).
     pub const WRITE_16: u8 = 0x8A;
     /// ORWRITE(16).
@@ -83,15 +89,18 @@ pub mod op {
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
     /// VERIFY(12).
     pub const VERIFY_12: u8 = 0xAF;
+    /// READ DEFECT DATA(12).
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
     /// PERSISTENT RESERVE IN.
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     /// PERSISTENT RESERVE OUT.
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     /// Variable-length CDB (READ/WRITE(32) etc.; not implemented).
     pub const VARIABLE_LENGTH: u8 = 0x7F;
-    /// EXTENDED COPY (not implemented).
+    /// THIRD-PARTY COPY OUT: EXTENDED COPY (LID1) is service action 0 (see
+    /// [`crate::xcopy`]).
     pub const EXTENDED_COPY: u8 = 0x83;
-    /// RECEIVE COPY RESULTS (not implemented).
+    /// THIRD-PARTY COPY IN: RECEIVE COPY RESULTS (service actions 0 and 3).
     pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
 }
 
@@ -99,8 +108,15 @@ pub mod op {
 pub mod sa {
     /// SERVICE ACTION IN(16) / READ CAPACITY(16).
     pub const READ_CAPACITY_16: u16 = 0x10;
+    /// SERVICE ACTION IN(16) / GET LBA STATUS.
+    pub const GET_LBA_STATUS: u16 = 0x12;
+    /// THIRD-PARTY COPY OUT / EXTENDED COPY (LID1).
+    pub const EXTENDED_COPY_LID1: u16 = 0x00;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES.
     pub const REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS and MAINTENANCE OUT / SET TARGET
+    /// PORT GROUPS (see [`crate::alua`]).
+    pub const TARGET_PORT_GROUPS: u16 = 0x0A;
     /// Highest PERSISTENT RESERVE IN service action (READ FULL STATUS); 0 to this one
     /// are implemented (see [`crate::pr::prin_sa`]).
     pub const PRIN_MAX: u8 = 0x03;
@@ -291,6 +307,38 @@ pub enum Command {
     WriteAndVerify(VerifyArgs),
     /// WRITE SAME(10/16).
     WriteSame(WriteSameArgs),
+    /// COMPARE AND WRITE (`blocks` = NUMBER OF LOGICAL BLOCKS, `cdb_len` 16).
+    CompareAndWrite(BlockRw),
+    /// UNMAP.
+    Unmap {
+        /// ANCHOR bit.
+        anchor: bool,
+        /// PARAMETER LIST LENGTH.
+        param_len: u16,
+    },
+    /// SERVICE ACTION IN(16) / GET LBA STATUS.
+    GetLbaStatus {
+        /// STARTING LOGICAL BLOCK ADDRESS.
+        lba: u64,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// READ DEFECT DATA(10/12).
+    ReadDefectData(crate::defect::DefectArgs),
+    /// EXTENDED COPY (LID1).
+    ExtendedCopy {
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
+    },
+    /// RECEIVE COPY RESULTS (COPY STATUS, OPERATING PARAMETERS).
+    ReceiveCopyResults {
+        /// SERVICE ACTION field.
+        service_action: u8,
+        /// LIST IDENTIFIER.
+        list_id: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
     /// PRE-FETCH(10/16).
     PreFetch {
         /// First logical block.
@@ -328,6 +376,18 @@ pub enum Command {
         service_action: u16,
         /// Allocation length.
         alloc_len: u32,
+    },
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS.
+    ReportTargetPortGroups {
+        /// PARAMETER DATA FORMAT (0: length only, 1: extended header).
+        format: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// MAINTENANCE OUT / SET TARGET PORT GROUPS.
+    SetTargetPortGroups {
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
     },
     /// PERSISTENT RESERVE IN (service actions 0 to 3).
     PersistentReserveIn {
@@ -367,6 +427,7 @@ impl Command {
                 | Command::ReportLuns { .. }
                 | Command::Release6
                 | Command::ReportSupportedOpcodes { .. }
+                | Command::ReportTargetPortGroups { .. }
         )
     }
 }
@@ -593,6 +654,53 @@ fn decode_fixed(opcode: u8, c: &[u8]) -> Command {
             lb_pb_data: 0,
             cdb_len: 16,
         }),
+        op::COMPARE_AND_WRITE => Command::CompareAndWrite(BlockRw {
+            lba: be64(c, 2),
+            blocks: u32::from(c[13]),
+            protect: c[1] >> 5,
+            dpo: c[1] & 0x10 != 0,
+            fua: c[1] & 0x08 != 0,
+            cdb_len: 16,
+        }),
+        op::UNMAP => Command::Unmap {
+            anchor: c[1] & 0x01 != 0,
+            param_len: be16(c, 7),
+        },
+        op::READ_DEFECT_DATA_10 => Command::ReadDefectData(crate::defect::DefectArgs {
+            twelve: false,
+            plist: c[2] & 0x10 != 0,
+            glist: c[2] & 0x08 != 0,
+            format: c[2] & 0x07,
+            alloc_len: u32::from(be16(c, 7)),
+        }),
+        op::READ_DEFECT_DATA_12 => Command::ReadDefectData(crate::defect::DefectArgs {
+            twelve: true,
+            plist: c[1] & 0x10 != 0,
+            glist: c[1] & 0x08 != 0,
+            format: c[1] & 0x07,
+            alloc_len: be32(c, 6),
+        }),
+        op::EXTENDED_COPY => match u16::from(c[1] & 0x1F) {
+            sa::EXTENDED_COPY_LID1 => Command::ExtendedCopy {
+                param_len: be32(c, 10),
+            },
+            service_action => Command::Unsupported {
+                opcode,
+                service_action: Some(service_action),
+            },
+        },
+        op::RECEIVE_COPY_RESULTS => match c[1] & 0x1F {
+            sa @ (crate::xcopy::rcr_sa::COPY_STATUS
+            | crate::xcopy::rcr_sa::OPERATING_PARAMETERS) => Command::ReceiveCopyResults {
+                service_action: sa,
+                list_id: c[2],
+                alloc_len: be32(c, 10),
+            },
+            service_action => Command::Unsupported {
+                opcode,
+                service_action: Some(u16::from(service_action)),
+            },
+        },
         op::PRE_FETCH_10 => Command::PreFetch {
             lba: u64::from(be32(c, 2)),
             blocks: u32::from(be16(c, 7)),
@@ -619,6 +727,10 @@ fn decode_fixed(opcode: u8, c: &[u8]) -> Command {
                 sa::READ_CAPACITY_16 => Command::ReadCapacity16 {
                     alloc_len: be32(c, 10),
                 },
+                sa::GET_LBA_STATUS => Command::GetLbaStatus {
+                    lba: be64(c, 2),
+                    alloc_len: be32(c, 10),
+                },
                 _ => Command::Unsupported {
                     opcode,
                     service_action: Some(service_action),
@@ -637,6 +749,10 @@ fn decode_fixed(opcode: u8, c: &[u8]) -> Command {
                     options: c[2] & 0x07,
                     opcode: c[3],
                     service_action: be16(c, 4),
+                    alloc_len: be32(c, 6),
+                },
+                sa::TARGET_PORT_GROUPS => Command::ReportTargetPortGroups {
+                    format: c[1] >> 5,
                     alloc_len: be32(c, 6),
                 },
                 _ => Command::Unsupported {
@@ -675,9 +791,14 @@ fn decode_fixed(opcode: u8, c: &[u8]) -> Command {
                 }
             }
         }
-        op::MAINTENANCE_OUT => Command::Unsupported {
-            opcode,
-            service_action: Some(u16::from(c[1] & 0x1F)),
+        op::MAINTENANCE_OUT => match u16::from(c[1] & 0x1F) {
+            sa::TARGET_PORT_GROUPS => Command::SetTargetPortGroups {
+                param_len: be32(c, 6),
+            },
+            service_action => Command::Unsupported {
+                opcode,
+                service_action: Some(service_action),
+            },
         },
         _ => Command::Unsupported {
             opcode,
@@ -779,25 +900,102 @@ mod tests {
             Err(CdbError::TooShort { .. })
         ));
         assert_eq!(
-            decode_cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
+            decode_cdb(&[0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
             Command::Unsupported {
-                opcode: 0x42,
+                opcode: 0x44,
                 service_action: None
             }
         );
         let mut cdb = [0u8; 16];
         cdb[0] = 0x9E;
-        cdb[1] = 0x12;
+        cdb[1] = 0x13;
         assert_eq!(
             decode_cdb(&cdb).unwrap(),
             Command::Unsupported {
                 opcode: 0x9E,
-                service_action: Some(0x12)
+                service_action: Some(0x13)
             }
         );
         assert!(matches!(
             decode_cdb(&[0xC0, 1, 2]).unwrap(),
             Command::Unsupported { opcode: 0xC0, .. }
         ));
+    }
+
+    #[test]
+    fn provisioning_copy_and_caw_fields() {
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[1] = 0x18;
+        caw[2..10].copy_from_slice(&0x1122u64.to_be_bytes());
+        caw[13] = 3;
+        let Command::CompareAndWrite(rw) = decode_cdb(&caw).unwrap() else {
+            panic!()
+        };
+        assert_eq!((rw.lba, rw.blocks, rw.dpo, rw.fua), (0x1122, 3, true, true));
+        assert_eq!(
+            decode_cdb(&[0x42, 0x01, 0, 0, 0, 0, 0, 0x01, 0x18, 0]).unwrap(),
+            Command::Unmap {
+                anchor: true,
+                param_len: 0x118
+            }
+        );
+        let mut gls = [0u8; 16];
+        gls[0] = 0x9E;
+        gls[1] = 0x12;
+        gls[9] = 5;
+        gls[13] = 24;
+        assert_eq!(
+            decode_cdb(&gls).unwrap(),
+            Command::GetLbaStatus {
+                lba: 5,
+                alloc_len: 24
+            }
+        );
+        let mut xc = [0u8; 16];
+        xc[0] = 0x83;
+        xc[13] = 60;
+        assert_eq!(
+            decode_cdb(&xc).unwrap(),
+            Command::ExtendedCopy { param_len: 60 }
+        );
+        xc[1] = 0x01; // EXTENDED COPY (LID4)
+        assert!(matches!(
+            decode_cdb(&xc).unwrap(),
+            Command::Unsupported {
+                opcode: 0x83,
+                service_action: Some(1)
+            }
+        ));
+        let mut rcr = [0u8; 16];
+        rcr[0] = 0x84;
+        rcr[1] = 0x03;
+        rcr[2] = 9;
+        rcr[12] = 4;
+        assert_eq!(
+            decode_cdb(&rcr).unwrap(),
+            Command::ReceiveCopyResults {
+                service_action: 3,
+                list_id: 9,
+                alloc_len: 1024
+            }
+        );
+        rcr[1] = 0x01; // RECEIVE DATA
+        assert!(matches!(
+            decode_cdb(&rcr).unwrap(),
+            Command::Unsupported { opcode: 0x84, .. }
+        ));
+        let Command::ReadDefectData(d) =
+            decode_cdb(&[0x37, 0, 0x1B, 0, 0, 0, 0, 0, 32, 0]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(!d.twelve && d.plist && d.glist && d.format == 3 && d.alloc_len == 32);
+        let Command::ReadDefectData(d) =
+            decode_cdb(&[0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(d.twelve && !d.plist && d.glist && d.format == 4 && d.alloc_len == 256);
     }
 }

@@ -1,17 +1,21 @@
 //! INQUIRY data (SPC-4 6.6, 7.8; SBC-3 6.6): the standard page and the vital product
 //! data pages 0x00 (supported pages), 0x80 (unit serial number), 0x83 (device
-//! identification), 0xB0 (block limits) and 0xB1 (block device characteristics).
+//! identification), 0xB0 (block limits), 0xB1 (block device characteristics) and, for
+//! thin-provisioned LUs, 0xB2 (logical block provisioning, built by [`crate::thin`]).
 //!
 //! Owns: the byte layout of these pages and the derivation of the LU's identity
 //! (NAA-6 designator, unit serial) from its UUID, so that both heads of a pair report
-//! the same device. The logical block provisioning page (0xB2) is not offered: the
-//! engine reports LBPME=0 (fully provisioned) until thin provisioning lands.
+//! the same device.
 
 use crate::lun::{limits, LunConfig};
 use twinsan_blockdev::BlockDevice;
 
-/// VPD pages offered, ascending (as page 0x00 must list them).
+/// VPD pages offered, ascending (as page 0x00 must list them); thin-provisioned LUs
+/// add 0xB2 ([`THIN_VPD_PAGES`]).
 pub const SUPPORTED_VPD_PAGES: [u8; 5] = [0x00, 0x80, 0x83, 0xB0, 0xB1];
+
+/// VPD pages of a thin-provisioned LU, ascending.
+pub const THIN_VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
 
 /// IEEE company id used in the NAA-6 designator. The "X" (locally administered) bit of
 /// the first octet is set, so it cannot collide with an IEEE-assigned company id.
@@ -42,7 +46,7 @@ pub fn standard(cfg: &LunConfig) -> [u8; STANDARD_LEN] {
     b[2] = 0x06; // SPC-4
     b[3] = 0x10 | 0x02; // HISUP, response data format 2
     b[4] = (STANDARD_LEN - 5) as u8;
-    b[5] = 0x00; // no TPGS (ALUA) yet, no 3PC, no PROTECT
+    b[5] = 0x08; // 3PC (EXTENDED COPY); TPGS added per target by ALUA; no PROTECT
     b[6] = 0x00;
     b[7] = 0x02; // CMDQUE
     put_ascii(&mut b[8..16], &cfg.vendor);
@@ -84,10 +88,20 @@ pub fn naa6(cfg: &LunConfig) -> [u8; 16] {
     b
 }
 
-/// VPD page 0x00.
+/// VPD page 0x00 of a fully provisioned LU.
 pub fn vpd_supported_pages() -> Vec<u8> {
     let mut b = vec![0x00, 0x00, 0x00, SUPPORTED_VPD_PAGES.len() as u8];
     b.extend_from_slice(&SUPPORTED_VPD_PAGES);
+    b
+}
+
+/// VPD page 0x00 for `dev` (with 0xB2 when it is thin-provisioned).
+pub fn vpd_supported_pages_for(dev: &dyn BlockDevice) -> Vec<u8> {
+    if !crate::thin::is_thin(dev) {
+        return vpd_supported_pages();
+    }
+    let mut b = vec![0x00, 0x00, 0x00, THIN_VPD_PAGES.len() as u8];
+    b.extend_from_slice(&THIN_VPD_PAGES);
     b
 }
 
@@ -128,13 +142,14 @@ pub fn vpd_block_limits(dev: &dyn BlockDevice) -> Vec<u8> {
     let mut b = vec![0u8; 64];
     b[1] = 0xB0;
     b[3] = 0x3C;
-    b[4] = 0x01; // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS = 0 is not supported
-    b[5] = 0; // MAXIMUM COMPARE AND WRITE LENGTH: not supported
+    b[4] = 0x00; // WSNZ=0: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 writes to the end
+    b[5] = crate::caw::MAX_COMPARE_AND_WRITE_BLOCKS;
     let granularity = (dev.physical_block_size().max(4096) / bs).clamp(1, u32::from(u16::MAX));
     b[6..8].copy_from_slice(&(granularity as u16).to_be_bytes());
     b[8..12].copy_from_slice(&limits::max_transfer_blocks(bs).to_be_bytes());
     b[12..16].copy_from_slice(&limits::optimal_transfer_blocks(bs).to_be_bytes());
-    // 16..20 MAXIMUM PREFETCH LENGTH: 0; 20..36 UNMAP fields: 0 (no UNMAP).
+    // 16..20 MAXIMUM PREFETCH LENGTH: 0; 20..36 UNMAP fields (zero unless thin).
+    b[20..36].copy_from_slice(&crate::thin::block_limits_unmap_fields(dev));
     b[36..44].copy_from_slice(&limits::max_write_same_blocks(bs).to_be_bytes());
     // 44..64: atomic write fields: 0 (no WRITE ATOMIC).
     b
@@ -157,11 +172,12 @@ pub fn vpd_page(
     relative_port_id: u16,
 ) -> Option<Vec<u8>> {
     Some(match page {
-        0x00 => vpd_supported_pages(),
+        0x00 => vpd_supported_pages_for(dev),
         0x80 => vpd_unit_serial(cfg),
         0x83 => vpd_device_identification(cfg, relative_port_id),
         0xB0 => vpd_block_limits(dev),
         0xB1 => vpd_block_device_characteristics(),
+        0xB2 => return crate::thin::vpd_logical_block_provisioning(dev),
         _ => return None,
     })
 }

@@ -18,11 +18,12 @@
 //! reservation cannot appear at once) while its record is saved.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use twinsan_blockdev::{BlockDevice, BlockError, IoBuf};
 use uuid::Uuid;
 
+use crate::alua::AluaState;
 use crate::api::{Nexus, PreemptAbort, PreemptAbortHook, ScsiRequest, ScsiResponse, ScsiStatus};
 use crate::cdb::{CdbError, Command};
 use crate::gate::WriteGate;
@@ -38,8 +39,11 @@ pub mod limits {
     pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
     /// Preferred transfer size, in bytes.
     pub const OPTIMAL_TRANSFER_BYTES: u64 = 1 << 20;
-    /// Largest WRITE SAME, in bytes of medium written.
-    pub const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
+    /// Largest WRITE SAME, in bytes of medium written or unmapped (16 MiB: one command
+    /// is written synchronously, so this bounds its latency; it also keeps the limit
+    /// below 65536 blocks, where libiscsi's WriteSame16.Unmap would issue a WRITE(16)
+    /// larger than the maximum transfer length).
+    pub const MAX_WRITE_SAME_BYTES: u64 = 16 << 20;
     /// Chunk size WRITE SAME and VERIFY work in, in bytes.
     pub const CHUNK_BYTES: u64 = 1 << 20;
 
@@ -217,6 +221,10 @@ pub struct LogicalUnit {
     last_size: AtomicU64,
     pub(crate) gate: WriteGate,
     mode_lock: Mutex<()>,
+    /// Target port groups and their states (set once by [`crate::LunMap::with_alua`]).
+    pub(crate) alua: OnceLock<Arc<AluaState>>,
+    /// EXTENDED COPY state: reachable LUs, held copy status (see [`crate::xcopy`]).
+    pub(crate) copy: crate::xcopy::CopyManager,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -244,6 +252,8 @@ impl LogicalUnit {
             last_size,
             gate: WriteGate::new(),
             mode_lock: Mutex::new(()),
+            alua: OnceLock::new(),
+            copy: Default::default(),
         }
     }
 
@@ -333,6 +343,7 @@ impl LogicalUnit {
     pub(crate) fn reset(&self, code: (u8, u8), issuer: Option<u64>) {
         self.release_reservation(None);
         self.d_sense.store(false, Ordering::Relaxed);
+        self.copy.forget_all();
         self.ua.establish_all(code, issuer);
     }
 
@@ -340,7 +351,20 @@ impl LogicalUnit {
     /// reservations and registrations are kept (SPC-4: they outlive the nexus).
     pub(crate) fn nexus_lost(&self, nexus_id: u64) {
         self.release_reservation(Some(nexus_id));
+        self.copy.forget_nexus(nexus_id);
         self.ua.remove(nexus_id);
+    }
+
+    /// Whether `nexus` may access this LU for `access` under its RESERVE(6) and
+    /// persistent reservations (EXTENDED COPY checks its copy targets with this).
+    pub(crate) fn reservation_allows(&self, nexus: &Nexus, access: pr::Access) -> bool {
+        if access != pr::Access::Always && self.reserved.load(Ordering::Acquire) {
+            let holder = *lock(&self.holder);
+            if holder.is_some() && holder != Some(nexus.id) {
+                return false;
+            }
+        }
+        self.pr.allows(nexus, access)
     }
 
     fn mode_context(&self) -> ModeContext {
@@ -399,6 +423,13 @@ impl LogicalUnit {
             return finish(Err(Fail::Check(s)), None, data_in, self.descriptor_sense());
         }
 
+        // ALUA: the asymmetric access state of the command's target port group.
+        if let (Some(alua), Ok(cmd)) = (self.alua.get(), &decoded) {
+            if let Err(s) = alua.check(req.nexus.relative_port_id, cmd) {
+                return finish(Err(Fail::Check(s)), None, data_in, self.descriptor_sense());
+            }
+        }
+
         // RESERVE(6): other nexuses may only run a few commands; PERSISTENT RESERVE
         // IN/OUT conflict for every nexus, the holder included (SPC-2 5.5.1).
         if self.reserved.load(Ordering::Acquire) {
@@ -451,7 +482,13 @@ impl LogicalUnit {
             Command::RequestSense { desc, alloc_len } => {
                 let s = match self.ua.check(ex.req.nexus.id, true) {
                     Some(code) => Sense::new(key::UNIT_ATTENTION, code),
-                    None => Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL_SENSE),
+                    // A port that cannot process commands says why (SPC-4 6.39).
+                    None => self
+                        .alua
+                        .get()
+                        .and_then(|a| a.port_state(ex.req.nexus.relative_port_id))
+                        .and_then(|(_, st)| st.not_ready_sense())
+                        .unwrap_or(Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL_SENSE)),
                 };
                 ex.put(&s.encode(desc), usize::from(alloc_len));
                 Ok(ScsiStatus::Good)
@@ -495,12 +532,12 @@ impl LogicalUnit {
                 Ok(ScsiStatus::Good)
             }
             Command::ReadCapacity16 { alloc_len } => {
-                let mut b = [0u8; 32];
-                b[0..8].copy_from_slice(&self.num_blocks().saturating_sub(1).to_be_bytes());
-                b[8..12].copy_from_slice(&self.block_size.to_be_bytes());
-                // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT; PROT_EN=0, LBPME=0, LBPRZ=0.
-                let ratio = (self.dev.physical_block_size() / self.block_size).max(1);
-                b[13] = (ratio.trailing_zeros() as u8) & 0x0F;
+                // PROT_EN=0; LBPME/LBPRZ and the exponent: see `thin.rs`.
+                let b = crate::thin::read_capacity16(
+                    self.dev.as_ref(),
+                    self.num_blocks(),
+                    self.block_size,
+                );
                 ex.put(&b, alloc_len as usize);
                 Ok(ScsiStatus::Good)
             }
@@ -511,9 +548,26 @@ impl LogicalUnit {
                 service_action,
                 alloc_len,
             } => {
-                let data = rsoc::report(rctd, options, opcode, service_action)?;
+                let data = match self.alua.get() {
+                    Some(a) => crate::alua::rsoc_report(
+                        a.explicit(),
+                        rctd,
+                        options,
+                        opcode,
+                        service_action,
+                    )?,
+                    None => rsoc::report(rctd, options, opcode, service_action)?,
+                };
+                // UNMAP only on thin-provisioned LUs.
+                let data = crate::thin::filter_rsoc(self.dev.as_ref(), data, rctd, options, opcode);
                 ex.put(&data, alloc_len as usize);
                 Ok(ScsiStatus::Good)
+            }
+            Command::ReportTargetPortGroups { format, alloc_len } => {
+                self.report_target_port_groups(format, alloc_len, ex)
+            }
+            Command::SetTargetPortGroups { param_len } => {
+                self.set_target_port_groups(param_len, ex)
             }
             Command::Reserve6 => {
                 let nexus = ex.req.nexus.id;
@@ -568,6 +622,16 @@ impl LogicalUnit {
             Command::Verify(v) => self.verify(v, ex),
             Command::WriteAndVerify(v) => self.write_and_verify(v, ex),
             Command::WriteSame(ws) => self.write_same(ws, ex),
+            Command::CompareAndWrite(rw) => self.compare_and_write(rw, ex),
+            Command::Unmap { anchor, param_len } => self.unmap(anchor, param_len, ex),
+            Command::GetLbaStatus { lba, alloc_len } => self.get_lba_status(lba, alloc_len, ex),
+            Command::ReadDefectData(args) => self.read_defect_data(args, ex),
+            Command::ExtendedCopy { param_len } => self.extended_copy(param_len, ex),
+            Command::ReceiveCopyResults {
+                service_action,
+                list_id,
+                alloc_len,
+            } => self.receive_copy_results(service_action, list_id, alloc_len, ex),
             Command::PreFetch { lba, blocks, .. } => {
                 self.check_range_to_end(lba, blocks)?;
                 // No cache to load: GOOD (not CONDITION MET) per SBC-3 5.10.
@@ -583,6 +647,15 @@ impl LogicalUnit {
             Command::ReportLuns { .. } => {
                 // Answered by the LunMap before it reaches a LU.
                 Err(Sense::illegal(asc::INVALID_OPCODE).into())
+            }
+            Command::Unsupported {
+                opcode,
+                service_action: Some(_),
+            } if opcode == crate::cdb::op::MAINTENANCE_OUT
+                && self.alua.get().is_some_and(|a| a.explicit()) =>
+            {
+                // MAINTENANCE OUT has a supported service action (STPG): field pointer.
+                Err(Sense::invalid_cdb(1, Some(4)).into())
             }
             Command::Unsupported {
                 opcode,
@@ -667,10 +740,14 @@ impl LogicalUnit {
             if page_code != 0 {
                 return Err(Sense::invalid_cdb(2, Some(7)).into());
             }
-            ex.put(&inquiry::standard(&self.cfg), usize::from(alloc_len));
+            let mut std_data = inquiry::standard(&self.cfg);
+            if let Some(a) = self.alua.get() {
+                std_data[5] |= a.tpgs_bits();
+            }
+            ex.put(&std_data, usize::from(alloc_len));
             return Ok(ScsiStatus::Good);
         }
-        let Some(page) = inquiry::vpd_page(
+        let Some(mut page) = inquiry::vpd_page(
             page_code,
             &self.cfg,
             self.dev.as_ref(),
@@ -678,6 +755,11 @@ impl LogicalUnit {
         ) else {
             return Err(Sense::invalid_cdb(2, Some(7)).into());
         };
+        if page_code == 0x83 {
+            if let Some(a) = self.alua.get() {
+                a.append_tpg_designator(&mut page, ex.req.nexus.relative_port_id);
+            }
+        }
         ex.put(&page, usize::from(alloc_len));
         Ok(ScsiStatus::Good)
     }

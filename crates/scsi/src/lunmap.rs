@@ -2,12 +2,14 @@
 //!
 //! Owns: SAM LUN field encoding/decoding (single level, peripheral 00b and flat 01b
 //! addressing), routing a command to its LU, the answers for LUNs that do not exist,
-//! REPORT LUNS, task management functions and I_T nexus loss.
+//! REPORT LUNS, task management functions and I_T nexus loss, and the ALUA state
+//! ([`crate::alua::AluaState`]) its LUs share.
 
 use std::sync::Arc;
 
 use twinsan_blockdev::IoBuf;
 
+use crate::alua::AluaState;
 use crate::api::{
     Nexus, PreemptAbortHook, ScsiRequest, ScsiResponse, ScsiStatus, TaskMgmt, TmfError,
 };
@@ -35,6 +37,8 @@ pub enum LunMapError {
 pub struct LunMap {
     /// Sorted by LUN number.
     luns: Vec<(u64, Arc<LogicalUnit>)>,
+    /// Target port groups of the target (ALUA); `None`: no ALUA (TPGS=00b).
+    alua: Option<Arc<AluaState>>,
 }
 
 impl LunMap {
@@ -55,7 +59,32 @@ impl LunMap {
             out.push((n, lu));
         }
         out.sort_by_key(|(n, _)| *n);
-        Self { luns: out }
+        crate::xcopy::link_peers(&out); // EXTENDED COPY between the LUs of this map
+        Self {
+            luns: out,
+            alua: None,
+        }
+    }
+
+    /// Report ALUA through `alua` on every LU of this map: TPGS in standard INQUIRY,
+    /// the target port group designator in VPD 0x83, REPORT (and, if explicit, SET)
+    /// TARGET PORT GROUPS, the per-state command gate, and ASYMMETRIC ACCESS STATE
+    /// CHANGED after every change of `alua`. An LU keeps the first state attached to it.
+    pub fn with_alua(mut self, alua: Arc<AluaState>) -> Self {
+        for (n, lu) in &self.luns {
+            let _ = lu.alua.set(alua.clone());
+            match lu.alua.get() {
+                Some(a) if Arc::ptr_eq(a, &alua) => alua.attach(lu),
+                _ => tracing::warn!(lun = n, "LU already has another ALUA state; keeping it"),
+            }
+        }
+        self.alua = Some(alua);
+        self
+    }
+
+    /// The ALUA state attached with [`LunMap::with_alua`].
+    pub fn alua(&self) -> Option<&Arc<AluaState>> {
+        self.alua.as_ref()
     }
 
     /// Like [`LunMap::new`] but rejects invalid or duplicate LUN numbers.
@@ -209,14 +238,22 @@ impl LunMap {
     /// only need the transport to drop its own pending commands. Resets release
     /// RESERVE(6) reservations, reset mode parameters and establish unit attentions:
     /// BUS DEVICE RESET FUNCTION OCCURRED (29/03) for a LUN reset, POWER ON, RESET, OR
-    /// BUS DEVICE RESET OCCURRED (29/00) for target resets — for every I_T nexus except
-    /// the one that asked (it learns of the reset from the TMF response; tgt does the
-    /// same, and libiscsi's conformance suite relies on it).
+    /// BUS DEVICE RESET OCCURRED (29/00) for target resets — for every I_T nexus, the
+    /// one that asked included (SAM-5 6.3.3: "for the initiator port associated with
+    /// every I_T nexus"; libiscsi's MultipathIO.Reset checks both paths). Persistent
+    /// reservations and registrations are not affected.
+    ///
+    /// Aborting tasks is the transport's part: ABORT TASK SET covers the issuer's tasks
+    /// on the LU, CLEAR TASK SET and LOGICAL UNIT RESET every nexus's tasks on the LU,
+    /// target resets every task (the control mode page reports TAS=1: tasks of other
+    /// nexuses end with TASK ABORTED status).
     pub fn task_mgmt(&self, nexus: &Nexus, lun: u64, f: TaskMgmt) -> Result<(), TmfError> {
+        // Every nexus gets the reset unit attention; the issuer is only logged.
+        tracing::debug!(nexus = nexus.id, ?f, "task management");
         match f {
             TaskMgmt::TargetWarmReset | TaskMgmt::TargetColdReset => {
                 for (_, lu) in &self.luns {
-                    lu.reset(asc::POWER_ON_RESET, Some(nexus.id));
+                    lu.reset(asc::POWER_ON_RESET, None);
                 }
                 Ok(())
             }
@@ -225,7 +262,7 @@ impl LunMap {
                     .and_then(|n| self.get(n))
                     .ok_or(TmfError::NoSuchLun(lun))?;
                 if f == TaskMgmt::LunReset {
-                    lu.reset(asc::BUS_DEVICE_RESET, Some(nexus.id));
+                    lu.reset(asc::BUS_DEVICE_RESET, None);
                 }
                 Ok(())
             }

@@ -72,6 +72,7 @@ pub fn page(code: u8, pcv: u8, ctx: &ModeContext) -> Option<Vec<u8>> {
                     p[2] |= 0x04;
                 }
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+                p[5] = 0x40; // TAS: tasks aborted for another nexus end with TASK ABORTED
             }
             p
         }

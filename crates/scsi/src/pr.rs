@@ -551,6 +551,7 @@ pub fn access_of(cmd: &Command) -> Access {
         | Command::ReadCapacity16 { .. }
         | Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
+        | Command::ReportTargetPortGroups { .. }
         | Command::Reserve6
         | Command::Release6
         | Command::Unsupported { .. } => Access::Always,
@@ -563,13 +564,20 @@ pub fn access_of(cmd: &Command) -> Access {
         | Command::ReportSupportedOpcodes { .. }
         | Command::Read(_)
         | Command::Verify(_)
-        | Command::PreFetch { .. } => Access::Read,
+        | Command::PreFetch { .. }
+        | Command::GetLbaStatus { .. }
+        | Command::ReadDefectData(_)
+        | Command::ReceiveCopyResults { .. } => Access::Read,
         Command::ModeSelect { .. }
+        | Command::SetTargetPortGroups { .. }
         | Command::StartStopUnit { .. }
         | Command::Write(_)
         | Command::OrWrite(_)
         | Command::WriteAndVerify(_)
         | Command::WriteSame(_)
+        | Command::CompareAndWrite(_)
+        | Command::Unmap { .. }
+        | Command::ExtendedCopy { .. }
         | Command::SynchronizeCache { .. } => Access::Write,
     }
 }

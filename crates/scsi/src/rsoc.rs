@@ -60,6 +60,45 @@ const PROUT_USAGE: &[u8] = &[
     CTL,
 ];
 
+/// EXTENDED COPY (LID1): service action, parameter list length.
+const XCOPY_USAGE: &[u8] = &[
+    op::EXTENDED_COPY,
+    0x1F,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0xFF,
+    0xFF,
+    0xFF,
+    0xFF,
+    0,
+    CTL,
+];
+/// RECEIVE COPY RESULTS: service action, list identifier, allocation length.
+const RCR_USAGE: &[u8] = &[
+    op::RECEIVE_COPY_RESULTS,
+    0x1F,
+    0xFF,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0xFF,
+    0xFF,
+    0xFF,
+    0xFF,
+    0,
+    CTL,
+];
+
 /// Every command the engine implements, sorted by (opcode, service action).
 pub static SUPPORTED: &[OpInfo] = &[
     info(
@@ -213,6 +252,22 @@ pub static SUPPORTED: &[OpInfo] = &[
         ],
     ),
     info(
+        op::READ_DEFECT_DATA_10,
+        None,
+        &[
+            op::READ_DEFECT_DATA_10,
+            0,
+            0x1F,
+            0,
+            0,
+            0,
+            0,
+            0xFF,
+            0xFF,
+            CTL,
+        ],
+    ),
+    info(
         op::WRITE_SAME_10,
         None,
         &[
@@ -227,6 +282,11 @@ pub static SUPPORTED: &[OpInfo] = &[
             0xFF,
             CTL,
         ],
+    ),
+    info(
+        op::UNMAP,
+        None,
+        &[op::UNMAP, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTL],
     ),
     info(
         op::MODE_SELECT_10,
@@ -261,6 +321,9 @@ pub static SUPPORTED: &[OpInfo] = &[
     info(op::PERSISTENT_RESERVE_OUT, Some(5), PROUT_USAGE),
     info(op::PERSISTENT_RESERVE_OUT, Some(6), PROUT_USAGE),
     info(op::PERSISTENT_RESERVE_OUT, Some(7), PROUT_USAGE),
+    info(op::EXTENDED_COPY, Some(sa::EXTENDED_COPY_LID1), XCOPY_USAGE),
+    info(op::RECEIVE_COPY_RESULTS, Some(0), RCR_USAGE),
+    info(op::RECEIVE_COPY_RESULTS, Some(3), RCR_USAGE),
     info(
         op::READ_16,
         None,
@@ -278,6 +341,28 @@ pub static SUPPORTED: &[OpInfo] = &[
             0xFF,
             0xFF,
             0xFF,
+            0xFF,
+            0,
+            CTL,
+        ],
+    ),
+    info(
+        op::COMPARE_AND_WRITE,
+        None,
+        &[
+            op::COMPARE_AND_WRITE,
+            0xF8,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            0,
+            0,
             0xFF,
             0,
             CTL,
@@ -460,6 +545,28 @@ pub static SUPPORTED: &[OpInfo] = &[
         ],
     ),
     info(
+        op::SERVICE_ACTION_IN_16,
+        Some(sa::GET_LBA_STATUS),
+        &[
+            op::SERVICE_ACTION_IN_16,
+            0x1F,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            CTL,
+        ],
+    ),
+    info(
         op::REPORT_LUNS,
         None,
         &[
@@ -555,6 +662,24 @@ pub static SUPPORTED: &[OpInfo] = &[
         &[
             op::VERIFY_12,
             0xF6,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0,
+            CTL,
+        ],
+    ),
+    info(
+        op::READ_DEFECT_DATA_12,
+        None,
+        &[
+            op::READ_DEFECT_DATA_12,
+            0x1F,
             0xFF,
             0xFF,
             0xFF,
@@ -707,7 +832,7 @@ mod tests {
         let rc16 = report(false, 2, op::SERVICE_ACTION_IN_16, 0x10).unwrap();
         assert_eq!(rc16[1] & 0x07, 0x03);
         assert!(report(false, 2, op::READ_10, 0).is_err());
-        let none = report(false, 1, 0x42, 0).unwrap();
+        let none = report(false, 1, 0x44, 0).unwrap();
         assert_eq!(none, vec![0, 1, 0, 0]);
         assert!(report(false, 3, 0, 0).is_err());
     }

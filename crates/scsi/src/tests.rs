@@ -161,7 +161,8 @@ fn inquiry_standard_golden() {
     let t = T::new();
     let d = t.ok(&inquiry(false, 0, 255), &[], 255);
     assert_eq!(d.len(), 96);
-    assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+    // Byte 5: 3PC (EXTENDED COPY).
+    assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x08, 0x00, 0x02]);
     assert_eq!(&d[8..16], b"TWINSAN ");
     assert_eq!(&d[16..32], b"VIRTUAL-DISK    ");
     assert_eq!(&d[32..36], b"0001");
@@ -208,16 +209,20 @@ fn vpd_pages_golden() {
 
     let bl = t.ok(&inquiry(true, 0xB0, 255), &[], 255);
     assert_eq!(bl.len(), 64);
-    assert_eq!(&bl[0..6], &[0, 0xB0, 0, 0x3C, 0x01, 0x00]);
+    // WSNZ=0, MAXIMUM COMPARE AND WRITE LENGTH 255.
+    assert_eq!(&bl[0..6], &[0, 0xB0, 0, 0x3C, 0x00, 0xFF]);
     assert_eq!(u16::from_be_bytes([bl[6], bl[7]]), 8);
     assert_eq!(
         u32::from_be_bytes([bl[8], bl[9], bl[10], bl[11]]),
         (8 << 20) / 512
     );
-    assert!(bl[20..36].iter().all(|&b| b == 0), "no UNMAP");
+    assert!(
+        bl[20..36].iter().all(|&b| b == 0),
+        "no UNMAP (fully provisioned)"
+    );
     let mut ws = [0u8; 8];
     ws.copy_from_slice(&bl[36..44]);
-    assert_eq!(u64::from_be_bytes(ws), (1 << 30) / 512);
+    assert_eq!(u64::from_be_bytes(ws), (16 << 20) / 512);
 
     let bdc = t.ok(&inquiry(true, 0xB1, 255), &[], 255);
     assert_eq!(&bdc[0..6], &[0, 0xB1, 0, 0x3C, 0, 1]);
@@ -644,10 +649,16 @@ fn write_same_fills() {
         .ok(&rw10(0x28, 100, 5, 0), &[], 1 << 20)
         .iter()
         .all(|&b| b == 0));
-    // UNMAP, ANCHOR, 0 blocks (WSNZ), wrong data-out size, out of range.
+    // UNMAP (not thin), ANCHOR, wrong data-out size, out of range.
     assert_eq!(t.check(&rw10(0x41, 0, 1, 0x08), &blk, 0), INVALID_CDB);
     assert_eq!(t.check(&rw10(0x41, 0, 1, 0x10), &blk, 0), INVALID_CDB);
-    assert_eq!(t.check(&rw10(0x41, 0, 0, 0), &blk, 0), INVALID_CDB);
+    // 0 blocks (WSNZ=0): up to the last block; from past the end: out of range.
+    t.ok(&rw10(0x41, BLOCKS as u32 - 7, 0, 0), &blk, 0);
+    assert!(t.disk.contents()[(BLOCKS as usize - 7) * BS..]
+        .chunks(BS)
+        .all(|c| c == &blk[..]));
+    assert_eq!(t.check(&rw10(0x41, BLOCKS as u32, 0, 0), &blk, 0), LBA_OOB);
+    assert_eq!(t.check(&rw16(0x93, u64::MAX, 0, 0), &blk, 0), LBA_OOB);
     assert_eq!(t.check(&rw10(0x41, 0, 1, 0), &pattern(2, 0), 0).0, ILLEGAL);
     assert_eq!(t.check(&rw10(0x41, 0, 1, 0), &blk[..256], 0).0, ILLEGAL);
     assert_eq!(
@@ -793,12 +804,13 @@ fn unit_attention_lifecycle() {
     assert_eq!(d, vec![0x72, 0, 0, 0, 0, 0, 0, 0], "descriptor NO SENSE");
     assert_eq!(run(&tur()).0.status, ScsiStatus::Good);
     assert_eq!(lu.nexus_count(), 1);
-    // LUN reset: 29/03 for every nexus but the one that asked.
+    // LUN reset: 29/03 for every nexus, the one that asked included (SAM-5 6.3.3).
     let other = nexus(6);
     map.task_mgmt(&other, 0, TaskMgmt::LunReset).unwrap();
     assert_eq!(sense(&run(&tur()).0), (6, 0x29, 0x03));
     assert_eq!(run(&tur()).0.status, ScsiStatus::Good);
     map.task_mgmt(&n, 0, TaskMgmt::LunReset).unwrap();
+    assert_eq!(sense(&run(&tur()).0), (6, 0x29, 0x03));
     assert_eq!(run(&tur()).0.status, ScsiStatus::Good);
     map.task_mgmt(&other, 0, TaskMgmt::TargetWarmReset).unwrap();
     assert_eq!(sense(&run(&rw10(0x28, 0, 1, 0)).0), (6, 0x29, 0x00));
@@ -897,7 +909,7 @@ fn unknown_lun_and_report_luns() {
     assert_eq!(r.status, ScsiStatus::Good);
     assert_eq!((d[2], d[12]), (ILLEGAL, 0x25));
     assert_eq!(
-        sense(&t.run(&t.n1, 0, &[0x42; 10], &[], 0).0),
+        sense(&t.run(&t.n1, 0, &[0x44; 10], &[], 0).0),
         (ILLEGAL, 0x20, 0x00)
     );
     let rl = [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
@@ -923,9 +935,8 @@ fn unknown_lun_and_report_luns() {
 fn unsupported_commands() {
     let t = T::new();
     let invalid_opcode = (ILLEGAL, 0x20, 0x00);
-    for opcode in [
-        0x42u8, 0x89, 0x83, 0x84, 0xA4, 0x04, 0x1E, 0x37, 0x48, 0x9C, 0xC0,
-    ] {
+    // 0x42 (UNMAP) is only implemented for thin-provisioned LUs; this one is not.
+    for opcode in [0x42u8, 0xA4, 0x04, 0x1E, 0x48, 0x9C, 0xC0] {
         let mut cdb = [0u8; 16];
         cdb[0] = opcode;
         assert_eq!(t.check(&cdb, &[], 0), invalid_opcode, "opcode {opcode:#x}");
@@ -937,7 +948,7 @@ fn unsupported_commands() {
     // Unsupported service actions of opcodes with supported ones: field pointer 1.
     let mut gls = [0u8; 16];
     gls[0] = 0x9E;
-    gls[1] = 0x12;
+    gls[1] = 0x13;
     let (r, _) = t.cmd(&gls, &[], 0);
     assert_eq!(sense(&r), INVALID_CDB);
     assert_eq!(&r.sense.unwrap()[15..18], &[0xCC, 0x00, 0x01]);
@@ -967,10 +978,13 @@ fn report_supported_opcodes_matches_executor() {
     );
     let len = u32::from_be_bytes([all[0], all[1], all[2], all[3]]) as usize;
     assert_eq!(len + 4, all.len());
-    assert_eq!(len / 8, rsoc::SUPPORTED.len());
+    // UNMAP is listed for thin-provisioned LUs only; this one is fully provisioned.
+    let listed = || rsoc::SUPPORTED.iter().filter(|i| i.opcode != 0x42);
+    assert_eq!(len / 8, listed().count());
+    assert!(all[4..].chunks(8).all(|e| e[0] != 0x42));
     // Every listed command is executed (never INVALID COMMAND OPERATION CODE or
     // an unsupported service action).
-    for info in rsoc::SUPPORTED {
+    for info in listed() {
         let mut cdb = [0u8; 16];
         cdb[0] = info.opcode;
         if let Some(s) = info.service_action {

@@ -1037,3 +1037,98 @@ fn too_many_immediate_commands_are_rejected() {
         RejectReason::ImmediateCommandReject as u8
     );
 }
+
+#[test]
+fn tasks_aborted_for_another_nexus_end_with_task_aborted() {
+    let mut p = params();
+    p.initial_r2t = true;
+    let mut r = rig_with(p, SessionType::Normal);
+    // A write on LUN 0 waiting for its data (R2T sent), a write on LUN 1 likewise.
+    let sn = r.next_sn();
+    r.send(cmd(
+        9,
+        sn,
+        pdu::CMD_FLAG_WRITE | FLAG_FINAL,
+        512,
+        write10(0, 1),
+        &[],
+    ));
+    let ttt = r.out()[0].view::<R2tBhs>().ttt.get();
+    let sn = r.next_sn();
+    let mut c = cmd(
+        10,
+        sn,
+        pdu::CMD_FLAG_WRITE | FLAG_FINAL,
+        512,
+        write10(1, 1),
+        &[],
+    );
+    c.bhs[8..16].copy_from_slice(&(1u64 << 48).to_be_bytes());
+    r.send(c);
+    assert_eq!(r.out().len(), 1, "R2T for the LUN 1 write");
+    // A read on LUN 0 already on the engine.
+    let sn = r.next_sn();
+    r.send(cmd(
+        11,
+        sn,
+        pdu::CMD_FLAG_READ | FLAG_FINAL,
+        512,
+        read10(3, 1),
+        &[],
+    ));
+    let jobs = r.conn.take_runnable();
+    assert_eq!(jobs.len(), 1);
+    let before = r.conn.outstanding_tasks();
+    // Another nexus preempted-and-aborted (or reset) LUN 0.
+    assert_eq!(r.conn.abort_for_other_nexus(Some(0)), 1);
+    let out = r.out();
+    assert_eq!(out.len(), 1);
+    let h = out[0].view::<ScsiResponseBhs>();
+    assert_eq!(out[0].opcode(), Opcode::ScsiResponse);
+    assert_eq!(h.itt.get(), 9);
+    assert_eq!(h.status, ScsiStatus::TaskAborted as u8);
+    assert_eq!(r.conn.outstanding_tasks(), before - 1);
+    // Its late data is dropped without a reject; nothing was written.
+    r.send(data_out(9, ttt, 0, 0, &[0xEE; 512], true));
+    assert!(r.out().is_empty());
+    assert_ne!(r.engine.data.lock().unwrap()[0], 0xEE);
+    // The command on the engine completes with its own status and data.
+    for j in jobs {
+        let d = j.run();
+        r.conn.on_exec_done(d);
+    }
+    let out = r.out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].itt(), 11);
+    assert_eq!(out[0].bhs[3], 0, "GOOD");
+    // Every LUN (target reset from another session): the LUN 1 write goes too.
+    assert_eq!(r.conn.abort_for_other_nexus(None), 1);
+    let out = r.out();
+    assert_eq!(out[0].itt(), 10);
+    assert_eq!(out[0].view::<ScsiResponseBhs>().status, 0x40);
+    assert_eq!(r.conn.outstanding_tasks(), 0);
+    assert_eq!(r.conn.abort_for_other_nexus(None), 0);
+}
+
+#[test]
+fn task_management_reports_aborts_for_other_sessions() {
+    let mut r = rig();
+    // ABORT TASK SET only concerns this nexus.
+    r.send(tmf(100, 2, RESERVED_TAG, 0, r.cmd_sn, 0));
+    assert_eq!(r.out()[0].view::<TmfRespBhs>().response, 0);
+    assert!(r.conn.take_third_party_aborts().is_empty());
+    // CLEAR TASK SET and LUN RESET: every nexus's tasks on that LUN.
+    r.send(tmf(101, 4, RESERVED_TAG, 0, r.cmd_sn, 2 << 48));
+    r.send(tmf(102, 5, RESERVED_TAG, 0, r.cmd_sn, 2 << 48));
+    assert_eq!(r.out().len(), 2);
+    assert_eq!(r.conn.take_third_party_aborts(), vec![Some(2)]);
+    // A LUN that does not exist: nothing to abort anywhere.
+    r.send(tmf(103, 5, RESERVED_TAG, 0, r.cmd_sn, 9 << 48));
+    assert_eq!(r.out()[0].view::<TmfRespBhs>().response, 2);
+    assert!(r.conn.take_third_party_aborts().is_empty());
+    // Target resets: every LUN.
+    r.send(tmf(104, 6, RESERVED_TAG, 0, r.cmd_sn, 0));
+    assert_eq!(r.out()[0].view::<TmfRespBhs>().response, 0);
+    assert_eq!(r.conn.take_third_party_aborts(), vec![None]);
+    assert!(r.conn.take_third_party_aborts().is_empty());
+}

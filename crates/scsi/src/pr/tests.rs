@@ -1503,6 +1503,11 @@ fn registrations_survive_nexus_loss_and_resets() {
     h.map.nexus_lost(&a);
     h.map.task_mgmt(&c, 0, TaskMgmt::LunReset).unwrap();
     h.map.task_mgmt(&c, 0, TaskMgmt::TargetColdReset).unwrap();
+    // The reset unit attention reaches the issuer too (SAM-5 6.3.3).
+    assert_eq!(
+        h.run(&c, &[0u8; 6], &[]).0.status,
+        ScsiStatus::CheckCondition
+    );
     assert_eq!(h.keys().1, vec![0xA]);
     assert_eq!(h.resv(), Some((0xA, EA)));
     assert_eq!(h.read(&c), CONFLICT);

@@ -1,0 +1,623 @@
+//! The control socket: a Unix stream socket (mode 0600) through which a running node
+//! is inspected and driven (`twinsan alua show|set`; later the HA manager's peer).
+//!
+//! Owns: the control protocol (a sans-IO request parser and handler, tested without
+//! sockets), the socket's lifecycle (stale socket removal, permissions, removal at
+//! exit) and the client used by the CLI.
+//!
+//! Protocol (version 1), one request per connection, UTF-8 text:
+//!
+//! ```text
+//! request  = command LF                      (at most 1024 bytes)
+//! command  = "ping"
+//!          | "alua" SP "show" [SP target]
+//!          | "alua" SP "set" SP group SP state [SP target]
+//! response = ("ok" | "error: " reason) LF *(line LF)   then the server closes
+//! line     = "target=" iqn SP "group=" id SP "state=" state SP "preferred=" yes|no
+//!            SP "ports=" id *("," id) SP "cause=" none|explicit|implicit
+//! ```
+//!
+//! `alua set` changes the group on every target that has it (or only on `target`),
+//! answers with the resulting lines of those groups, and is an *implicit* transition:
+//! every I_T nexus of the affected LUs gets ASYMMETRIC ACCESS STATE CHANGED. Malformed
+//! requests get `error: ...` naming what is wrong; nothing is changed then.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use twinsan_scsi::alua::ChangeCause;
+use twinsan_scsi::{AccessState, AluaState};
+
+/// Longest request line accepted, in bytes (newline included).
+pub const REQUEST_MAX_BYTES: usize = 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ALUA state of every target of the node, by IQN.
+pub type Targets = Vec<(String, Arc<AluaState>)>;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Liveness check.
+    Ping,
+    /// Show the target port groups (of one target).
+    AluaShow {
+        /// Only this target.
+        target: Option<String>,
+    },
+    /// Implicit transition of a group.
+    AluaSet {
+        /// Target port group id.
+        group: u16,
+        /// New state.
+        state: AccessState,
+        /// Only this target.
+        target: Option<String>,
+    },
+}
+
+impl Request {
+    /// Parse one request line (without or with its trailing newline).
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.len() >= REQUEST_MAX_BYTES {
+            return Err(format!("request longer than {REQUEST_MAX_BYTES} bytes"));
+        }
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let target = |w: Option<&&str>| w.map(|t| (*t).to_owned());
+        match words.as_slice() {
+            [] => Err("empty request (try \"alua show\")".into()),
+            ["ping"] => Ok(Request::Ping),
+            ["alua", "show"] | ["alua", "show", _] => Ok(Request::AluaShow {
+                target: target(words.get(2)),
+            }),
+            ["alua", "set", group, state] | ["alua", "set", group, state, _] => {
+                let group = group.parse::<u16>().map_err(|_| {
+                    format!("group {group:?} is not a target port group id (0..=65535)")
+                })?;
+                let state = state.parse::<AccessState>().map_err(|e| e.to_string())?;
+                Ok(Request::AluaSet {
+                    group,
+                    state,
+                    target: target(words.get(4)),
+                })
+            }
+            ["alua"] => Err("usage: alua show [TARGET] | alua set GROUP STATE [TARGET]".into()),
+            ["alua", "set", ..] => Err("usage: alua set GROUP STATE [TARGET]".into()),
+            ["alua", "show", ..] => Err("usage: alua show [TARGET]".into()),
+            ["alua", other, ..] => Err(format!("unknown alua command {other:?} (show, set)")),
+            [other, ..] => Err(format!("unknown command {other:?} (ping, alua)")),
+        }
+    }
+
+    /// The request line (with newline) for this request.
+    pub fn encode(&self) -> String {
+        match self {
+            Request::Ping => "ping\n".into(),
+            Request::AluaShow { target: None } => "alua show\n".into(),
+            Request::AluaShow { target: Some(t) } => format!("alua show {t}\n"),
+            Request::AluaSet {
+                group,
+                state,
+                target,
+            } => match target {
+                None => format!("alua set {group} {state}\n"),
+                Some(t) => format!("alua set {group} {state} {t}\n"),
+            },
+        }
+    }
+}
+
+/// A response: `Ok(lines)` or `Err(reason)`.
+pub type Response = Result<Vec<String>, String>;
+
+/// Encode a response for the wire.
+pub fn encode_response(r: &Response) -> String {
+    let mut out = String::new();
+    match r {
+        Ok(lines) => {
+            out.push_str("ok\n");
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        Err(e) => {
+            out.push_str("error: ");
+            out.push_str(&e.replace('\n', " "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Decode a response read up to the server's close.
+pub fn decode_response(text: &str) -> Response {
+    let mut lines = text.lines();
+    match lines.next() {
+        Some("ok") => Ok(lines.map(str::to_owned).collect()),
+        Some(l) => match l.strip_prefix("error: ") {
+            Some(e) => Err(e.to_owned()),
+            None => Err(format!("malformed response {l:?}")),
+        },
+        None => Err("empty response (is this a twinsan control socket?)".into()),
+    }
+}
+
+fn group_line(target: &str, g: &twinsan_scsi::PortGroupStatus) -> String {
+    let ports: Vec<String> = g.relative_port_ids.iter().map(u16::to_string).collect();
+    let cause = match g.cause {
+        ChangeCause::None => "none",
+        ChangeCause::Explicit => "explicit",
+        ChangeCause::Implicit => "implicit",
+    };
+    format!(
+        "target={target} group={} state={} preferred={} ports={} cause={cause}",
+        g.id,
+        g.state,
+        if g.preferred { "yes" } else { "no" },
+        ports.join(",")
+    )
+}
+
+fn selected<'a>(
+    targets: &'a Targets,
+    only: &Option<String>,
+) -> Result<Vec<&'a (String, Arc<AluaState>)>, String> {
+    let v: Vec<_> = targets
+        .iter()
+        .filter(|(iqn, _)| only.as_ref().is_none_or(|t| t == iqn))
+        .collect();
+    match (only, v.is_empty()) {
+        (Some(t), true) => Err(format!("no target {t}")),
+        _ => Ok(v),
+    }
+}
+
+/// Execute one request line against the node's targets.
+pub fn handle(line: &str, targets: &Targets) -> Response {
+    match Request::parse(line)? {
+        Request::Ping => Ok(vec!["pong".into()]),
+        Request::AluaShow { target } => {
+            let mut out = Vec::new();
+            for (iqn, alua) in selected(targets, &target)? {
+                for g in alua.groups() {
+                    out.push(group_line(iqn, &g));
+                }
+            }
+            Ok(out)
+        }
+        Request::AluaSet {
+            group,
+            state,
+            target,
+        } => {
+            let chosen: Vec<_> = selected(targets, &target)?
+                .into_iter()
+                .filter(|(_, a)| a.state(group).is_some())
+                .collect();
+            if chosen.is_empty() {
+                return Err(match target {
+                    Some(t) => format!("target {t} has no target port group {group}"),
+                    None => format!("no target has target port group {group}"),
+                });
+            }
+            let mut out = Vec::new();
+            for (iqn, alua) in chosen {
+                alua.set(group, state).map_err(|e| e.to_string())?;
+                for g in alua.groups().iter().filter(|g| g.id == group) {
+                    out.push(group_line(iqn, g));
+                }
+                tracing::info!(target = %iqn, group, %state, "ALUA state set through the control socket");
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Where the control socket goes when the configuration does not say: a `twinsan`
+/// directory in `$XDG_RUNTIME_DIR`, in `/run` as root, else `$TMPDIR/twinsan-UID`.
+pub fn default_path(name: &str) -> PathBuf {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let file = format!("{name}.sock");
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("twinsan").join(file);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/twinsan").join(file);
+    }
+    std::env::temp_dir()
+        .join(format!("twinsan-{uid}"))
+        .join(file)
+}
+
+/// A bound control socket; the socket file is removed when it is dropped.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlSocket {
+    /// Bind `path` (mode 0600). Creates a missing parent directory with mode 0700. An
+    /// existing socket that nobody answers on is replaced; a live one is an error (a
+    /// second node with the same name), as is any other file there.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+        }
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if !m.file_type().is_socket() {
+                anyhow::bail!("{} exists and is not a socket", path.display());
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "{} is in use by another running twinsan (give --control another path)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+        let sock = Self {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
+        Ok(sock)
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serve requests until `shutdown`.
+    pub async fn serve(self, targets: Arc<Targets>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        if conns.len() >= 16 {
+                            tracing::warn!("too many control connections; dropping one");
+                            continue;
+                        }
+                        let t = targets.clone();
+                        conns.spawn(async move {
+                            if let Err(e) = serve_one(stream, &t).await {
+                                tracing::debug!(error = %e, "control connection ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        conns.abort_all();
+    }
+}
+
+async fn serve_one(mut stream: tokio::net::UnixStream, targets: &Targets) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::with_capacity(128);
+    let read = async {
+        let mut chunk = [0u8; 256];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.contains(&b'\n') || buf.len() >= REQUEST_MAX_BYTES {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Err(_) => Err("request timed out".to_owned()),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {
+            let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+            if end >= REQUEST_MAX_BYTES {
+                Err(format!("request longer than {REQUEST_MAX_BYTES} bytes"))
+            } else {
+                match std::str::from_utf8(&buf[..end]) {
+                    Ok(line) => handle(line, targets),
+                    Err(_) => Err("request is not UTF-8".to_owned()),
+                }
+            }
+        }
+    };
+    stream
+        .write_all(encode_response(&response).as_bytes())
+        .await?;
+    stream.shutdown().await
+}
+
+/// Send one request to the control socket at `path` and return its response.
+pub fn request(path: &Path, req: &Request) -> anyhow::Result<Response> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to control socket {}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(req.encode().as_bytes())
+        .context("cannot send the request")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .context("cannot read the response")?;
+    Ok(decode_response(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twinsan_scsi::{AluaConfig, PortGroupConfig};
+
+    fn targets() -> Targets {
+        let mk = |groups: Vec<(u16, AccessState, Vec<u16>)>| {
+            AluaState::new(AluaConfig::new(
+                groups
+                    .into_iter()
+                    .map(|(id, state, ports)| PortGroupConfig {
+                        id,
+                        state,
+                        preferred: false,
+                        relative_port_ids: ports,
+                    })
+                    .collect(),
+            ))
+            .unwrap()
+        };
+        vec![
+            (
+                "iqn.2026-11.org.x:a".into(),
+                mk(vec![
+                    (1, AccessState::ActiveOptimized, vec![1]),
+                    (2, AccessState::Standby, vec![2]),
+                ]),
+            ),
+            (
+                "iqn.2026-11.org.x:b".into(),
+                mk(vec![(1, AccessState::ActiveOptimized, vec![1, 3])]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn parse_and_encode_round_trip() {
+        for r in [
+            Request::Ping,
+            Request::AluaShow { target: None },
+            Request::AluaShow {
+                target: Some("iqn.2026-11.org.x:a".into()),
+            },
+            Request::AluaSet {
+                group: 7,
+                state: AccessState::Standby,
+                target: None,
+            },
+            Request::AluaSet {
+                group: 65535,
+                state: AccessState::ActiveNonOptimized,
+                target: Some("iqn.2026-11.org.x:b".into()),
+            },
+        ] {
+            assert_eq!(Request::parse(&r.encode()), Ok(r));
+        }
+        assert_eq!(
+            Request::parse("  alua   set 1 AO\r\n"),
+            Ok(Request::AluaSet {
+                group: 1,
+                state: AccessState::ActiveOptimized,
+                target: None
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_with_a_reason() {
+        let t = targets();
+        for (line, want) in [
+            ("", "empty request"),
+            ("   \n", "empty request"),
+            ("hello", "unknown command \"hello\""),
+            ("alua", "usage"),
+            ("alua frob", "unknown alua command \"frob\""),
+            ("alua set", "usage: alua set"),
+            ("alua set 1", "usage: alua set"),
+            (
+                "alua set x standby",
+                "group \"x\" is not a target port group id",
+            ),
+            ("alua set 70000 standby", "is not a target port group id"),
+            ("alua set -1 standby", "is not a target port group id"),
+            ("alua set 1 sleepy", "unknown ALUA state \"sleepy\""),
+            ("alua set 1 standby t extra", "usage: alua set"),
+            ("alua show a b", "usage: alua show"),
+            ("alua set 9 standby", "no target has target port group 9"),
+            (
+                "alua set 2 standby iqn.2026-11.org.x:b",
+                "target iqn.2026-11.org.x:b has no target port group 2",
+            ),
+            (
+                "alua show iqn.2026-11.org.x:zz",
+                "no target iqn.2026-11.org.x:zz",
+            ),
+        ] {
+            let r = handle(line, &t);
+            let e = r.expect_err(line);
+            assert!(e.contains(want), "{line:?}: {e}");
+        }
+        let long = format!("alua show {}", "x".repeat(2000));
+        assert!(handle(&long, &t).unwrap_err().contains("longer than"));
+        // Nothing changed.
+        assert_eq!(t[0].1.state(2), Some(AccessState::Standby));
+        assert_eq!(t[0].1.state(1), Some(AccessState::ActiveOptimized));
+        assert_eq!(t[1].1.state(1), Some(AccessState::ActiveOptimized));
+    }
+
+    #[test]
+    fn show_and_set() {
+        let t = targets();
+        assert_eq!(handle("ping", &t), Ok(vec!["pong".to_owned()]));
+        assert_eq!(
+            handle("alua show", &t).unwrap(),
+            vec![
+                "target=iqn.2026-11.org.x:a group=1 state=active-optimized preferred=no ports=1 cause=none",
+                "target=iqn.2026-11.org.x:a group=2 state=standby preferred=no ports=2 cause=none",
+                "target=iqn.2026-11.org.x:b group=1 state=active-optimized preferred=no ports=1,3 cause=none",
+            ]
+        );
+        // Group 1 on every target that has it.
+        assert_eq!(
+            handle("alua set 1 standby", &t).unwrap(),
+            vec![
+                "target=iqn.2026-11.org.x:a group=1 state=standby preferred=no ports=1 cause=implicit",
+                "target=iqn.2026-11.org.x:b group=1 state=standby preferred=no ports=1,3 cause=implicit",
+            ]
+        );
+        // Only one target.
+        let r = handle("alua set 1 active-non-optimized iqn.2026-11.org.x:b", &t).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(t[0].1.state(1), Some(AccessState::Standby));
+        assert_eq!(t[1].1.state(1), Some(AccessState::ActiveNonOptimized));
+        assert_eq!(
+            handle("alua show iqn.2026-11.org.x:b", &t).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn response_encoding() {
+        for r in [
+            Ok(vec![]),
+            Ok(vec!["a=b".to_owned(), "c".to_owned()]),
+            Err("no target x".to_owned()),
+        ] {
+            assert_eq!(decode_response(&encode_response(&r)), r);
+        }
+        assert_eq!(
+            decode_response(&encode_response(&Err("two\nlines".into()))),
+            Err("two lines".to_owned())
+        );
+        assert!(decode_response("").is_err());
+        assert!(decode_response("HTTP/1.1 200 OK\n").is_err());
+    }
+
+    #[test]
+    fn default_path_is_per_name() {
+        let p = default_path("export-127.0.0.1:3260");
+        assert_eq!(
+            p.file_name().unwrap().to_str().unwrap(),
+            "export-127.0.0.1-3260.sock"
+        );
+        let dir = p.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        assert!(dir == "twinsan" || dir.starts_with("twinsan-"), "{dir}");
+    }
+
+    #[test]
+    fn socket_round_trip_permissions_and_stale_socket() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("n.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let t = Arc::new(targets());
+        rt.block_on(async {
+            let sock = ControlSocket::bind(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let dmode = std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(dmode & 0o777, 0o700);
+            // A second node cannot take a live socket.
+            let err = ControlSocket::bind(&path).unwrap_err().to_string();
+            assert!(err.contains("in use"), "{err}");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let server = tokio::spawn(sock.serve(t.clone(), stop.clone()));
+            let p = path.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let a = request(
+                    &p,
+                    &Request::AluaSet {
+                        group: 2,
+                        state: AccessState::ActiveOptimized,
+                        target: None,
+                    },
+                )
+                .unwrap();
+                // A raw malformed request.
+                let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+                s.write_all(b"alua set two standby\n").unwrap();
+                let mut text = String::new();
+                s.read_to_string(&mut text).unwrap();
+                (a, text)
+            })
+            .await
+            .unwrap();
+            assert_eq!(r.0.unwrap().len(), 1);
+            assert!(r.1.starts_with("error: group \"two\""), "{}", r.1);
+            stop.cancel();
+            server.await.unwrap();
+        });
+        assert_eq!(t[0].1.state(2), Some(AccessState::ActiveOptimized));
+        assert!(!path.exists(), "socket removed at shutdown");
+        // A stale socket file (nobody listening) is replaced.
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(l);
+        assert!(path.exists());
+        rt.block_on(async {
+            let s = ControlSocket::bind(&path).unwrap();
+            assert_eq!(s.path(), path.as_path());
+        });
+        // Any other file is left alone.
+        std::fs::write(&path, b"x").unwrap();
+        rt.block_on(async {
+            let err = ControlSocket::bind(&path).unwrap_err().to_string();
+            assert!(err.contains("not a socket"), "{err}");
+        });
+    }
+}
