@@ -803,18 +803,12 @@ impl BlockDevice for FileDevice {
         if buf.is_empty() {
             return Ok(());
         }
-        match &self.engine {
-            Engine::Sync => self
-                .sync_read(buf, offset_bytes)
-                .map_err(|e| self.io_error(offset_bytes, "read", e)),
-            Engine::Uring(pool) => {
-                let mut ops = [IoOp::Read { offset_bytes, buf }];
-                let mut results = [Ok(())];
-                self.uring_batch(pool, &mut ops, &mut results);
-                let [r] = results;
-                r
-            }
-        }
+        // A single operation is one pread on either engine: a ring round trip
+        // (submit + wait, and on some file systems a punt to an io-wq worker) costs more
+        // than the system call it replaces. The ring earns its keep on batches
+        // (`submit_batch`), where one submission carries many operations.
+        self.sync_read(buf, offset_bytes)
+            .map_err(|e| self.io_error(offset_bytes, "read", e))
     }
 
     fn write_at(&self, buf: &[u8], offset_bytes: u64, fua: bool) -> BlockResult<()> {
@@ -822,22 +816,9 @@ impl BlockDevice for FileDevice {
         if buf.is_empty() {
             return Ok(());
         }
-        match &self.engine {
-            Engine::Sync => self
-                .sync_write(buf, offset_bytes, fua)
-                .map_err(|e| self.io_error(offset_bytes, "write", e)),
-            Engine::Uring(pool) => {
-                let mut ops = [IoOp::Write {
-                    offset_bytes,
-                    buf,
-                    fua,
-                }];
-                let mut results = [Ok(())];
-                self.uring_batch(pool, &mut ops, &mut results);
-                let [r] = results;
-                r
-            }
-        }
+        // One operation: one pwrite on either engine (see `read_at`).
+        self.sync_write(buf, offset_bytes, fua)
+            .map_err(|e| self.io_error(offset_bytes, "write", e))
     }
 
     fn flush(&self) -> BlockResult<()> {
@@ -936,8 +917,8 @@ impl BlockDevice for FileDevice {
 
     fn submit_batch(&self, ops: &mut [IoOp<'_>], results: &mut [BlockResult<()>]) {
         match &self.engine {
-            Engine::Uring(pool) => self.uring_batch(pool, ops, results),
-            Engine::Sync => {
+            Engine::Uring(pool) if ops.len() > 1 => self.uring_batch(pool, ops, results),
+            _ => {
                 let n = ops.len().min(results.len());
                 for (op, res) in ops[..n].iter_mut().zip(results[..n].iter_mut()) {
                     *res = match op {
