@@ -404,6 +404,8 @@ pub enum Action {
         flush_data_first: bool,
     },
     /// Persist these bitmap pages (page index, words) durably before the next action.
+    /// Every completed data write must be made durable first (flush the data device):
+    /// a cleared bit must never reach the disk before the data it vouches for.
     PersistBitmap(Vec<(usize, Vec<u64>)>),
     /// Write to the local disk; answer with [`Input::DiskDone`].
     DiskWrite {
@@ -562,6 +564,7 @@ enum DiskPurpose {
         seq: u64,
         offset: u64,
         len: u64,
+        extents: (u32, u32),
     },
     ResyncWrite {
         link: u64,
@@ -614,6 +617,7 @@ enum RangeOp {
         offset: u64,
         data: Bytes,
         fua: bool,
+        extents: (u32, u32),
     },
     ResyncWrite {
         link: u64,
@@ -659,6 +663,10 @@ struct Unacked {
     offset: u64,
     data: Bytes,
     sent_ms: u64,
+    /// Activity-log reference held until the peer settles the write (ack, negative
+    /// ack, or the link is lost and the range is marked): an extent must not leave
+    /// the log while a write in it may be missing on the peer and is not yet marked.
+    extents: (u32, u32),
 }
 
 #[derive(Debug)]
@@ -852,10 +860,11 @@ impl Replica {
             actions: VecDeque::new(),
             cfg,
         };
-        if persisted.was_primary && !persisted.clean {
-            // Crashed while primary: every extent that may have had writes in flight is
-            // out of sync with the peer.
-            r.crashed_primary = true;
+        if !persisted.clean {
+            // Crashed: every extent that may have had writes in flight (as primary: its
+            // own; as secondary: the peer's, possibly still in a lost write cache) is out
+            // of sync with the peer.
+            r.crashed_primary = persisted.was_primary || persisted.crashed_primary;
             for e in al_extents {
                 let off = u64::from(*e) * AL_EXTENT_BYTES;
                 if off < r.size_bytes {

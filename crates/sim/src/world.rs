@@ -175,8 +175,22 @@ struct World {
     durable_min: BTreeMap<u64, u64>,
     out: Outcome,
     forced_two_primaries: bool,
+    /// A split-brain partition was started (the forced promotion follows once the
+    /// secondary notices).
+    sb_started: bool,
     dead_since_inc: [Option<bool>; 2],
     pols: Policies,
+}
+
+fn trace_sector() -> Option<u64> {
+    std::env::var("TWINSAN_SIM_TRACE_SECTOR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+fn touches(offset: u64, len: u64, sector: u64) -> bool {
+    let s = sector * SECTOR;
+    offset <= s && s < offset + len
 }
 
 fn tag(write_id: u64, sector: u64) -> [u8; 16] {
@@ -275,6 +289,7 @@ impl World {
             durable_min: BTreeMap::new(),
             out: Outcome::default(),
             forced_two_primaries: false,
+            sb_started: false,
             dead_since_inc: [None, None],
             pols,
         };
@@ -397,6 +412,7 @@ impl World {
                 self.nodes[n].meta.al = extents;
             }
             Action::PersistBitmap(pages) => {
+                self.nodes[n].disk.flush();
                 for (page, words) in pages {
                     let first = page * Bitmap::WORDS_PER_PAGE;
                     let m = &mut self.nodes[n].meta.bitmap_words;
@@ -413,6 +429,17 @@ impl World {
                 data,
                 fua,
             } => {
+                if let Some(ts) = trace_sector() {
+                    if touches(offset_bytes, data.len() as u64, ts) {
+                        let i = ((ts * SECTOR - offset_bytes) as usize)
+                            ..((ts * SECTOR - offset_bytes + 16) as usize);
+                        eprintln!(
+                            "t={} n{n}: disk write token {token} fua {fua} sector {ts} <- {:?}",
+                            self.now,
+                            parse_sector(&data[i])
+                        );
+                    }
+                }
                 self.nodes[n]
                     .inflight
                     .insert(token, (offset_bytes, data.to_vec()));
@@ -468,7 +495,21 @@ impl World {
                 self.nodes[n].want_conn = w;
                 self.maybe_connect();
             }
-            Action::Complete { id, result } => self.completed(n, id, result.is_ok()),
+            Action::Complete { id, result } => {
+                if let Some(ts) = trace_sector() {
+                    if let Some(w) = self.writes.get(&id) {
+                        if touches(w.offset, w.sectors * SECTOR, ts) {
+                            eprintln!(
+                                "t={} n{n}: write {id} complete {result:?} fua {}",
+                                self.now, w.fua
+                            );
+                        }
+                    } else {
+                        eprintln!("t={} n{n}: flush/other {id} complete {result:?}", self.now);
+                    }
+                }
+                self.completed(n, id, result.is_ok())
+            }
             Action::AdminDone { result, .. } => {
                 if let (Err(e), true) = (result, std::env::var_os("TWINSAN_SIM_TRACE").is_some()) {
                     eprintln!("t={} n{n}: admin refused: {e}", self.now);
@@ -606,6 +647,9 @@ impl World {
         if !self.alive(n) {
             return;
         }
+        if trace_sector().is_some() {
+            eprintln!("t={} n{n}: CRASH (role {:?})", self.now, self.st(n));
+        }
         self.out.crashes += 1;
         let inflight: Vec<(u64, Vec<u8>)> = self.nodes[n]
             .inflight
@@ -614,12 +658,27 @@ impl World {
             .map(|(_, v)| v.clone())
             .collect();
         let mut rng = Rng::new(self.rng.next_u64());
+        let before =
+            trace_sector().map(|ts| parse_sector(&self.nodes[n].disk.read(ts * SECTOR, SECTOR)));
         self.nodes[n].disk.crash(&mut rng, &inflight);
+        if let Some(ts) = trace_sector() {
+            eprintln!(
+                "t={} n{n}: sector {ts} {:?} -> {:?} over crash",
+                self.now,
+                before,
+                parse_sector(&self.nodes[n].disk.read(ts * SECTOR, SECTOR))
+            );
+        }
         self.nodes[n].replica = None;
         self.nodes[n].inflight.clear();
         self.nodes[n].want_conn = false;
         // In-flight application requests on this node are lost (never acknowledged).
         self.inflight_apps.retain(|_, node| *node != n);
+        // Writes acknowledged before the crash but not yet durable can no longer be
+        // made durable by a later flush on this node.
+        let writes = &self.writes;
+        self.acked
+            .retain(|w| writes.get(w).is_some_and(|r| r.node != n));
         self.flushes.retain(|_, (node, _)| *node != n);
         if let Some(c) = self.conn.as_ref() {
             let id = c.id;
@@ -647,7 +706,7 @@ impl World {
 
     /// The HA controller: promote a node that certainly has every acknowledged write.
     fn controller(&mut self) {
-        if self.cfg.scenario == Scenario::SplitBrain && self.forced_two_primaries {
+        if self.cfg.scenario == Scenario::SplitBrain && self.sb_started {
             return;
         }
         let want_two = self.cfg.scenario == Scenario::DualPrimary;
@@ -769,20 +828,22 @@ impl World {
                 }
             }
             Scenario::SplitBrain => {
-                if !self.forced_two_primaries && self.now > 2000 && self.rng.chance(3) {
+                if !self.sb_started && self.now > 2000 && self.rng.chance(3) {
                     // Partition; once the secondary notices, force it primary: a real
                     // split brain.
                     self.partitioned = true;
-                    self.forced_two_primaries = true;
+                    self.sb_started = true;
                     let t = self.now + self.rng.range(3000, 6000);
                     self.schedule(t, Ev::Heal);
                 }
-                if self.forced_two_primaries && self.partitioned {
+                if self.sb_started && !self.forced_two_primaries && self.partitioned {
                     let sec = (0..2).find(|&n| {
                         self.st(n)
                             .is_some_and(|s| s.0 == Role::Secondary && s.2 == ConnState::Connecting)
                     });
-                    if let Some(n) = sec {
+                    let pri = self.primary().is_some();
+                    if let (Some(n), true) = (sec, pri) {
+                        self.forced_two_primaries = true;
                         self.input(
                             n,
                             Input::Admin {
@@ -830,6 +891,9 @@ impl World {
                 }
                 let result = match read {
                     Some((u64::MAX, _)) => {
+                        if trace_sector().is_some() {
+                            eprintln!("t={} n{node}: disk flush token {token}", self.now);
+                        }
                         self.nodes[node].disk.flush();
                         Ok(None)
                     }
@@ -1060,8 +1124,13 @@ impl World {
                 );
             }
         }
-        if sb_states.iter().any(|&b| b) {
-            // Manual recovery: node 1 discards its data, both connect.
+        let stuck = (0..2).any(|n| {
+            self.st(n)
+                .is_some_and(|s| matches!(s.2, ConnState::SplitBrain | ConnState::StandAlone))
+        });
+        if sb_states.iter().any(|&b| b) || stuck {
+            // Manual recovery, as the README tells the operator: node 1 steps down and
+            // discards its data, both connect.
             self.input(
                 1,
                 Input::Admin {
@@ -1136,8 +1205,11 @@ impl World {
             }
         }
         if !diffs.is_empty() {
+            let s0 = diffs[0];
+            let who = |d: &SimDisk| parse_sector(&d.read(s0 * SECTOR, SECTOR));
+            let detail = format!("sector {s0}: n0 has {:?}, n1 has {:?}", who(a), who(b));
             self.violation(format!(
-                "replicas differ after resync in {} sectors (first {:?})",
+                "replicas differ after resync in {} sectors (first {:?}); {detail}",
                 diffs.len(),
                 &diffs[..diffs.len().min(5)]
             ));

@@ -27,7 +27,9 @@ impl Replica {
         if self.app_writes.contains_key(&id) {
             return self.complete(id, Err(AppError::BadRequest(format!("duplicate id {id}"))));
         }
-        if self.frozen {
+        if self.frozen || self.handshaking() {
+            // Frozen by fencing, or a handshake is deciding whether this write must be
+            // replicated or marked: hold it until that is settled.
             self.frozen_queue.push_back(Input::Write {
                 id,
                 offset_bytes: offset,
@@ -36,24 +38,7 @@ impl Replica {
             });
             return;
         }
-        // Activity log first: an extent that becomes hot is durable in the AL before any
-        // write lands in it; an evicted extent's bitmap bits are durable before it
-        // leaves the AL.
-        let extents = extent_span(offset, len);
-        let change = self.hot.activate(extents.0, extents.1);
-        for e in &change.evicted {
-            let off = u64::from(*e) * AL_EXTENT_BYTES;
-            if off < self.size_bytes {
-                self.persist_bitmap_range(off, AL_EXTENT_BYTES.min(self.size_bytes - off));
-            }
-        }
-        if !change.added.is_empty() {
-            let extents = self.hot.extents();
-            self.emit(Action::PersistAl {
-                extents,
-                flush_data_first: !change.evicted.is_empty(),
-            });
-        }
+        let extents = self.al_activate(offset, len);
         #[cfg(feature = "bug-injection")]
         if self.cfg.injected_bug == Some(InjectedBug::NoRotation) {
             self.rotated = true;
@@ -89,6 +74,29 @@ impl Replica {
         if let Some(op) = self.ranges.submit(token, offset, len, op) {
             self.start_op(token, op);
         }
+    }
+
+    /// Take activity-log references on the extents of `[offset, offset+len)`. An extent
+    /// that becomes hot is durable in the AL before any write lands in it; an evicted
+    /// extent's bitmap bits (and, through the flush, its data) are durable before it
+    /// leaves the AL.
+    pub(super) fn al_activate(&mut self, offset: u64, len: u64) -> (u32, u32) {
+        let extents = extent_span(offset, len);
+        let change = self.hot.activate(extents.0, extents.1);
+        for e in &change.evicted {
+            let off = u64::from(*e) * AL_EXTENT_BYTES;
+            if off < self.size_bytes {
+                self.persist_bitmap_range(off, AL_EXTENT_BYTES.min(self.size_bytes - off));
+            }
+        }
+        if !change.added.is_empty() {
+            let extents = self.hot.extents();
+            self.emit(Action::PersistAl {
+                extents,
+                flush_data_first: !change.evicted.is_empty(),
+            });
+        }
+        extents
     }
 
     pub(super) fn app_flush(&mut self, id: u64) {
@@ -154,6 +162,7 @@ impl Replica {
                     // What the peer's writes had reached when this write was ordered
                     // here (not now): the dual-primary resolution depends on it.
                     let peer_seq_seen = if seen.0 == l.id { seen.1 } else { 0 };
+                    let extents = extent_span(offset, len);
                     l.unacked.insert(
                         seq,
                         Unacked {
@@ -161,8 +170,11 @@ impl Replica {
                             offset,
                             data: data.clone(),
                             sent_ms: now,
+                            extents,
                         },
                     );
+                    // A second reference (already hot: no AL transaction) for the peer.
+                    let _ = self.hot.activate(extents.0, extents.1);
                     self.counters.data_sent_bytes += len;
                     self.send(Message::Data {
                         seq,
@@ -192,6 +204,7 @@ impl Replica {
                 offset,
                 data,
                 fua,
+                extents,
             } => {
                 let len = data.len() as u64;
                 self.disk_ops.insert(
@@ -201,6 +214,7 @@ impl Replica {
                         seq,
                         offset,
                         len,
+                        extents,
                     },
                 );
                 self.emit(Action::DiskWrite {
@@ -379,7 +393,9 @@ impl Replica {
                 seq,
                 offset,
                 len,
+                extents,
             } => {
+                self.hot.release(extents.0, extents.1);
                 if self.link_id() == Some(link) {
                     if ok {
                         if matches!(
@@ -743,6 +759,21 @@ impl Replica {
         }
         self.frozen = false;
         self.emit(Action::Event(Event::IoFrozen { frozen: false }));
+        self.release_held();
+    }
+
+    /// A handshake is in progress on the link.
+    pub(super) fn handshaking(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.phase != Phase::Established)
+    }
+
+    /// Replay writes held by a freeze or a handshake, once neither applies.
+    pub(super) fn release_held(&mut self) {
+        if self.frozen || self.handshaking() || self.frozen_queue.is_empty() {
+            return;
+        }
         let queued: Vec<Input> = self.frozen_queue.drain(..).collect();
         for i in queued {
             if let Input::Write {

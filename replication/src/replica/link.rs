@@ -60,6 +60,7 @@ impl Replica {
         let unacked = std::mem::take(&mut l.unacked);
         for (_, u) in unacked {
             self.bitmap.set_range_bytes(u.offset, u.data.len() as u64);
+            self.hot.release(u.extents.0, u.extents.1);
             if let Some(app) = u.app {
                 self.peer_part_done(app);
             }
@@ -82,10 +83,17 @@ impl Replica {
             RangeOp::AppWrite { .. } => false,
         });
         for (_, op) in dropped {
-            if let RangeOp::PeerWrite { offset, data, .. } = op {
+            if let RangeOp::PeerWrite {
+                offset,
+                data,
+                extents,
+                ..
+            } = op
+            {
                 // Not applied here: the sender marks it; mark it here too so that a
                 // resync in either direction covers it.
                 self.bitmap.set_range_bytes(offset, data.len() as u64);
+                self.hot.release(extents.0, extents.1);
             }
         }
         self.persist_bitmap_dirty();
@@ -113,6 +121,7 @@ impl Replica {
         }
         // Started operations of the dead link still complete; their results are ignored.
         self.run_peer_flushes();
+        self.release_held();
     }
 
     pub(super) fn on_message(&mut self, msg: Message) -> Result<(), String> {
@@ -245,6 +254,11 @@ impl Replica {
     }
 
     fn execute_plan(&mut self, plan: Plan) {
+        self.execute_plan_inner(plan);
+        self.release_held();
+    }
+
+    fn execute_plan_inner(&mut self, plan: Plan) {
         let me = self.cfg.node_id;
         self.emit(Action::Event(Event::Handshake {
             plan: format!("{plan:?}"),
@@ -406,6 +420,7 @@ impl Replica {
         } else {
             self.begin_sync_target(false);
         }
+        self.release_held();
     }
 
     pub(super) fn begin_sync_source(&mut self, full: bool) {
@@ -522,6 +537,7 @@ impl Replica {
                     return Err(format!("ack for unknown write {seq}"));
                 };
                 let len = u.data.len() as u64;
+                self.hot.release(u.extents.0, u.extents.1);
                 if neg {
                     self.bitmap.set_range_bytes(u.offset, len);
                 } else {
@@ -712,6 +728,9 @@ impl Replica {
         if let Some(l) = self.link.as_mut() {
             l.peer_seq_received = seq;
         }
+        // The secondary keeps an activity log too: after its own crash, the extents
+        // whose writes may still have been in its volatile cache are resynced.
+        let extents = self.al_activate(offset, len);
         let token = self.token();
         let op = RangeOp::PeerWrite {
             link,
@@ -719,6 +738,7 @@ impl Replica {
             offset,
             data,
             fua,
+            extents,
         };
         if let Some(op) = self.ranges.submit(token, offset, len, op) {
             self.start_op(token, op);

@@ -113,11 +113,13 @@ impl Replica {
         if let Some(l) = self.link.as_mut() {
             l.resync_target = None;
         }
-        self.send(Message::RsDone);
+        // Durable first (the bitmap persist flushes the resynced data), then tell the
+        // source it may forget its bits.
         self.crashed_primary = false;
         self.disk = DiskState::UpToDate;
         self.persist_bitmap_dirty();
         self.persist_state(false);
+        self.send(Message::RsDone);
         self.set_conn(ConnState::Connected);
         self.state_event();
         let (role, disk) = (self.role, self.disk);
