@@ -248,7 +248,7 @@ impl World {
         // created "clean"); every fifth starts just created and runs the initial full
         // sync from a forced primary.
         let mut persisted = Persisted::just_created();
-        let clean_start = cfg.seed % 5 != 0;
+        let clean_start = !cfg.seed.is_multiple_of(5);
         if clean_start {
             persisted.gens.current = 0x7000_0000_0000_1000;
             persisted.disk = DiskState::UpToDate;
@@ -312,7 +312,7 @@ impl World {
         c.resync_request_bytes_max = 32 * 1024;
         c.epoch_writes_max = 16;
         c.bitmap_chunk_words = 16;
-        c.csums = self.cfg.seed % 3 == 0;
+        c.csums = self.cfg.seed.is_multiple_of(3);
         #[cfg(feature = "bug-injection")]
         {
             c.injected_bug = self.cfg.bug;
@@ -1035,7 +1035,7 @@ impl World {
     }
 
     fn run(mut self) -> Outcome {
-        if self.cfg.seed % 5 == 0 {
+        if self.cfg.seed.is_multiple_of(5) {
             // Initial full sync: node 0 is forced primary (its data is the source).
             self.input(
                 0,
