@@ -5,6 +5,7 @@
 //!
 //! Owns: process and temp-file lifecycle for tests. It never talks iSCSI itself.
 
+pub mod netns;
 pub mod raw;
 
 use std::io::Read;
