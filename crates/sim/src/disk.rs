@@ -85,6 +85,24 @@ impl SimDisk {
         }
     }
 
+    /// A write that failed part-way: some of its sectors may have landed.
+    pub fn crash_write(&mut self, rng: &mut Rng, offset: u64, data: &[u8]) {
+        self.crash_inflight(rng, &[(offset, data.to_vec())]);
+    }
+
+    fn crash_inflight(&mut self, rng: &mut Rng, inflight: &[(u64, Vec<u8>)]) {
+        for (off, data) in inflight {
+            for (i, chunk) in data.chunks(SECTOR as usize).enumerate() {
+                if rng.chance(30) {
+                    let s = off / SECTOR + i as u64;
+                    // Through the cache, like any write.
+                    self.newest.insert(s, self.cache.len());
+                    self.cache.push((s, chunk.to_vec()));
+                }
+            }
+        }
+    }
+
     /// Every sector that is non-zero through the cache.
     pub fn sectors(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.durable.keys().copied().collect();

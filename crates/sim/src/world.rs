@@ -87,6 +87,8 @@ pub struct Outcome {
     pub split_brains: u64,
     /// Virtual time at the end (ms).
     pub end_ms: u64,
+    /// Disk I/O errors injected.
+    pub io_errors: u64,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,11 @@ enum Ev {
     TryConnect,
     Restart {
         node: usize,
+    },
+    /// A node whose disk failed is rebooted (the disk "replaced" by itself).
+    Repair {
+        node: usize,
+        inc: u64,
     },
     Heal,
 }
@@ -178,6 +185,8 @@ struct World {
     /// A split-brain partition was started (the forced promotion follows once the
     /// secondary notices).
     sb_started: bool,
+    /// The final heal-and-check phase: no more faults.
+    finishing: bool,
     dead_since_inc: [Option<bool>; 2],
     pols: Policies,
 }
@@ -290,6 +299,7 @@ impl World {
             out: Outcome::default(),
             forced_two_primaries: false,
             sb_started: false,
+            finishing: false,
             dead_since_inc: [None, None],
             pols,
         };
@@ -889,6 +899,30 @@ impl World {
                 if self.nodes[node].inc != inc || !self.alive(node) {
                     return true;
                 }
+                // Rare I/O errors (failover runs only): the replica detaches; the node is
+                // rebooted a little later, as an operator would after a disk problem.
+                if self.cfg.scenario == Scenario::Failover
+                    && !self.finishing
+                    && self.rng.range(0, 1000) < 2
+                {
+                    if let Some((off, data)) = self.nodes[node].inflight.remove(&token) {
+                        // A failed write may have reached part of the medium.
+                        let _ = self.nodes[node].inflight.remove(&(token | (1 << 63)));
+                        let mut rng = Rng::new(self.rng.next_u64());
+                        self.nodes[node].disk.crash_write(&mut rng, off, &data);
+                    }
+                    self.out.io_errors += 1;
+                    self.input(
+                        node,
+                        Input::DiskDone {
+                            token,
+                            result: Err(()),
+                        },
+                    );
+                    let t = self.now + self.rng.range(100, 1000);
+                    self.schedule(t, Ev::Repair { node, inc });
+                    return true;
+                }
                 let result = match read {
                     Some((u64::MAX, _)) => {
                         if trace_sector().is_some() {
@@ -976,6 +1010,12 @@ impl World {
                     if !self.connect_pending && !self.partitioned {
                         // Someone is not ready yet; retry later.
                     }
+                }
+            }
+            Ev::Repair { node, inc } => {
+                if self.nodes[node].inc == inc && self.alive(node) {
+                    self.note_sync_state(node);
+                    self.crash(node);
                 }
             }
             Ev::Restart { node } => {
@@ -1093,6 +1133,7 @@ impl World {
     }
 
     fn finish(&mut self) {
+        self.finishing = true;
         // Heal everything, restart the dead, stop the workload.
         if self.partitioned {
             self.schedule(self.now, Ev::Heal);

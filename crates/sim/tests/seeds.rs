@@ -17,11 +17,12 @@ fn invariants_hold_for_every_seed() {
     let count = env_u64("TWINSAN_SIM_SEEDS", 10_000);
     // Seeds are independent: split them over the available cores.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let results: Vec<(Vec<String>, u64, u64, u64)> = std::thread::scope(|s| {
+    let results: Vec<(Vec<String>, u64, u64, u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    let (mut fails, mut acked, mut crashes, mut sbs) = (Vec::new(), 0, 0, 0);
+                    let (mut fails, mut acked, mut crashes, mut sbs, mut eio) =
+                        (Vec::new(), 0, 0, 0, 0);
                     let mut seed = first + t;
                     while seed < first + count && fails.len() < 5 {
                         let cfg = SimConfig::for_seed(seed);
@@ -30,12 +31,13 @@ fn invariants_hold_for_every_seed() {
                         acked += out.writes_acked;
                         crashes += out.crashes;
                         sbs += out.split_brains;
+                        eio += out.io_errors;
                         if !out.violations.is_empty() {
                             fails.push(format!("seed {seed} ({desc}): {:#?}", out.violations));
                         }
                         seed += threads;
                     }
-                    (fails, acked, crashes, sbs)
+                    (fails, acked, crashes, sbs, eio)
                 })
             })
             .collect();
@@ -47,8 +49,9 @@ fn invariants_hold_for_every_seed() {
         "a simulation thread panicked"
     );
     let mut failures = Vec::new();
-    let (mut acked, mut crashes, mut sbs) = (0, 0, 0);
-    for (f, a, c, s) in results {
+    let (mut acked, mut crashes, mut sbs, mut eio) = (0, 0, 0, 0);
+    for (f, a, c, s, e) in results {
+        eio += e;
         failures.extend(f);
         acked += a;
         crashes += c;
@@ -56,7 +59,7 @@ fn invariants_hold_for_every_seed() {
     }
     println!(
         "simulated {count} seeds from {first}: {acked} writes acknowledged, {crashes} crashes, \
-         {sbs} split-brain detections"
+         {eio} disk I/O errors, {sbs} split-brain detections"
     );
     assert!(
         failures.is_empty(),

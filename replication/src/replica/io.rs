@@ -534,16 +534,22 @@ impl Replica {
                     self.emit(Action::RunHandler(Handler::LocalIoError));
                 }
                 if self.disk != DiskState::Diskless {
+                    // Detached: this node no longer has usable data. Reading and
+                    // writing through the peer (DRBD's diskless mode) is not
+                    // implemented, so it also leaves the peer until the disk is
+                    // attached again (a restart of the volume).
                     self.disk = DiskState::Diskless;
+                    self.persist_bitmap_dirty();
                     self.state_event();
-                    if self
-                        .link
-                        .as_ref()
-                        .is_some_and(|l| l.phase == Phase::Established)
-                    {
-                        let (role, disk) = (self.role, self.disk);
-                        self.send(Message::State { role, disk });
+                    if self.link.is_some() {
+                        self.send(Message::Goodbye {
+                            reason: "local disk failed; detached".into(),
+                        });
+                        self.lose_link("local disk failed; detached".into(), true);
                     }
+                    self.want_connection = false;
+                    self.emit(Action::WantConnection(false));
+                    self.set_conn(ConnState::StandAlone);
                 }
             }
         }
