@@ -65,8 +65,12 @@ pub struct ReplicaConfig {
     /// A peer that does not acknowledge a write within `ko_count × timeout_ms` is
     /// disconnected.
     pub ko_count: u32,
-    /// Fixed resync rate cap; 0 = unlimited (only `resync_requests_max` bounds it).
+    /// Resync rate cap; 0 = unlimited (only `resync_requests_max` bounds it).
     pub resync_rate_max_bytes_per_s: u64,
+    /// Dynamic control: while application writes were seen within the last second,
+    /// the resync is throttled to this rate so that it does not compete with them
+    /// (DRBD's c-min-rate idea); 0 = off (always run up to the maximum).
+    pub resync_rate_min_bytes_per_s: u64,
     /// Resync requests in flight at most.
     pub resync_requests_max: u32,
     /// Bytes per resync request at most (multiple of 4 KiB).
@@ -113,6 +117,7 @@ impl ReplicaConfig {
             timeout_ms: 6000,
             ko_count: 7,
             resync_rate_max_bytes_per_s: 0,
+            resync_rate_min_bytes_per_s: 0,
             resync_requests_max: 32,
             resync_request_bytes_max: 128 * 1024,
             epoch_writes_max: 2048,
@@ -795,8 +800,10 @@ pub struct Replica {
     ranges: RangeQueue<RangeOp>,
     app_writes: HashMap<u64, AppWrite>,
     app_flushes: HashMap<u64, AppFlush>,
-    /// Writes held while I/O is frozen.
+    /// Writes held while I/O is frozen or a handshake runs.
     frozen_queue: VecDeque<Input>,
+    /// When the last application write arrived (dynamic resync throttling).
+    last_app_write_ms: Option<u64>,
 
     counters: Counters,
     actions: VecDeque<Action>,
@@ -856,6 +863,7 @@ impl Replica {
             app_writes: HashMap::new(),
             app_flushes: HashMap::new(),
             frozen_queue: VecDeque::new(),
+            last_app_write_ms: None,
             counters: Counters::default(),
             actions: VecDeque::new(),
             cfg,
@@ -944,11 +952,24 @@ impl Replica {
             t = t.min(u.sent_ms + self.cfg.timeout_ms * u64::from(self.cfg.ko_count.max(1)));
         }
         if let Some(rt) = &l.resync_target {
-            if self.cfg.resync_rate_max_bytes_per_s > 0 && !rt.waiting_handler {
+            if self.resync_rate_now() > 0 && !rt.waiting_handler {
                 t = t.min(rt.refill_ms + 10);
             }
         }
         Some(t)
+    }
+
+    /// The resync rate cap in effect now (0 = unlimited).
+    fn resync_rate_now(&self) -> u64 {
+        let min = self.cfg.resync_rate_min_bytes_per_s;
+        let busy = self
+            .last_app_write_ms
+            .is_some_and(|t| self.now_ms < t + 1000);
+        match (busy && min > 0, self.cfg.resync_rate_max_bytes_per_s) {
+            (true, 0) => min,
+            (true, max) => min.min(max),
+            (false, max) => max,
+        }
     }
 
     /// Status snapshot.

@@ -323,6 +323,11 @@ impl World {
         c.epoch_writes_max = 16;
         c.bitmap_chunk_words = 16;
         c.csums = self.cfg.seed.is_multiple_of(3);
+        if self.cfg.seed.is_multiple_of(7) {
+            // Rate-controlled resync: capped, and throttled further under writes.
+            c.resync_rate_max_bytes_per_s = 8 << 20;
+            c.resync_rate_min_bytes_per_s = 1 << 20;
+        }
         #[cfg(feature = "bug-injection")]
         {
             c.injected_bug = self.cfg.bug;

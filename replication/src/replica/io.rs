@@ -5,6 +5,7 @@ use super::*;
 
 impl Replica {
     pub(super) fn app_write(&mut self, id: u64, offset: u64, data: Bytes, fua: bool) {
+        self.last_app_write_ms = Some(self.now_ms);
         if self.role != Role::Primary {
             return self.complete(id, Err(AppError::NotPrimary));
         }

@@ -16,7 +16,7 @@ impl Replica {
 
     pub(super) fn pump_resync(&mut self) {
         let now = self.now_ms;
-        let rate = self.cfg.resync_rate_max_bytes_per_s;
+        let rate = self.resync_rate_now();
         let max_inflight = self.cfg.resync_requests_max.max(1) as usize;
         let max_bits = (u64::from(self.cfg.resync_request_bytes_max) / BYTES_PER_BIT).max(1);
         let csums = self.cfg.csums;
