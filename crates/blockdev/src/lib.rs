@@ -17,6 +17,7 @@ mod fault;
 mod file;
 mod iobuf;
 mod mem;
+mod slice;
 mod sys;
 mod uring;
 
@@ -24,6 +25,7 @@ pub use fault::{FaultDevice, FaultOp, LbaFault};
 pub use file::{DirectPreference, EnginePreference, FileDevice, FileOptions};
 pub use iobuf::IoBuf;
 pub use mem::MemDevice;
+pub use slice::SliceDevice;
 
 use std::fmt;
 

@@ -56,9 +56,11 @@ use crate::lun::Fail;
 use crate::sense::{asc, key, Sense};
 
 pub mod record;
+pub mod device_store;
 pub mod store;
 
 pub use record::{decode_record, encode_record, RecordError};
+pub use device_store::{DeviceReservationStore, PR_AREA_BYTES};
 pub use store::{FileReservationStore, MemReservationStore, ReservationStore, StoreError};
 
 /// Most registrations one logical unit holds.
