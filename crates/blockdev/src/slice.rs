@@ -108,7 +108,7 @@ impl BlockDevice for SliceDevice {
                     Ok(o) => {
                         mapped.push(IoOp::Write {
                             offset_bytes: o,
-                            buf: *buf,
+                            buf,
                             fua: *fua,
                         });
                         bad.push(None);
