@@ -36,7 +36,7 @@ impl DeviceReservationStore {
     pub fn at_end(dev: Arc<dyn BlockDevice>) -> Option<(Self, u64)> {
         let size = dev.size_bytes();
         let bs = u64::from(dev.logical_block_size()).max(1);
-        if size < PR_AREA_BYTES * 2 || SLOT_BYTES % bs != 0 {
+        if size < PR_AREA_BYTES * 2 || !SLOT_BYTES.is_multiple_of(bs) {
             return None;
         }
         let area = (size - PR_AREA_BYTES) / bs * bs;
