@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// `[[target]]`: exported targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetSection>,
+    /// `[[replicated]]`: replicated volumes (DRBD-like) a LUN can sit on.
+    #[serde(default, rename = "replicated")]
+    pub replicated: Vec<crate::replicated::ReplicatedSection>,
 }
 
 /// `[node]`.
@@ -204,8 +207,10 @@ pub struct TargetSection {
 pub struct LunSection {
     /// LUN number (0..=16383).
     pub lun: u64,
-    /// Backing file or block device.
-    pub path: PathBuf,
+    /// Backing file or block device (or `replicated`).
+    pub path: Option<PathBuf>,
+    /// Name of a `[[replicated]]` volume to serve instead of `path`.
+    pub replicated: Option<String>,
     /// Create a sparse file of this size if `path` does not exist (e.g. "10GiB").
     pub size: Option<String>,
     /// Stable identity (NAA id and serial derive from it); default: derived from the
@@ -238,13 +243,16 @@ impl LunSection {
         if let Some(p) = &self.pr_file {
             return Some(p.clone());
         }
-        let is_block = std::fs::metadata(&self.path)
+        // A replicated LUN has no default: the record is not replicated (yet), so a
+        // file next to one node's disk would be stale on the other.
+        let path = self.path.as_ref()?;
+        let is_block = std::fs::metadata(path)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
             .unwrap_or(false);
         if is_block {
             None
         } else {
-            let mut s = self.path.clone().into_os_string();
+            let mut s = path.clone().into_os_string();
             s.push(".pr");
             Some(PathBuf::from(s))
         }
@@ -401,8 +409,9 @@ pub fn valid_iscsi_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Read and parse a config file; on failure, every problem found.
-pub fn load(path: &Path) -> Result<NodeConfig, Vec<Problem>> {
+/// Read and parse a config file without the semantic checks of [`validate`] (for
+/// clients that only need the control socket path).
+pub fn parse_file(path: &Path) -> Result<NodeConfig, Vec<Problem>> {
     let problem = |key: &str, reason: String| Problem {
         file: path.to_owned(),
         key: key.to_owned(),
@@ -420,6 +429,12 @@ pub fn load(path: &Path) -> Result<NodeConfig, Vec<Problem>> {
         };
         vec![problem(&key, e.message().to_owned())]
     })?;
+    Ok(cfg)
+}
+
+/// Read and parse a config file; on failure, every problem found.
+pub fn load(path: &Path) -> Result<NodeConfig, Vec<Problem>> {
+    let cfg = parse_file(path)?;
     let problems = validate(&cfg, path);
     if problems.is_empty() {
         Ok(cfg)
@@ -578,6 +593,8 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
 
     let mut iqns = BTreeSet::new();
     let mut paths: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut repl_users: BTreeMap<String, String> = BTreeMap::new();
+    crate::replicated::validate(cfg, &mut p, &mut paths);
     for (i, t) in cfg.targets.iter().enumerate() {
         let key = format!("target[{i}]");
         if let Err(e) = valid_iscsi_name(&t.iqn) {
@@ -638,36 +655,77 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
                     format!("LUN {} is defined twice", l.lun),
                 );
             }
-            if let Some(other) = paths.insert(l.path.clone(), lkey.clone()) {
-                p(
-                    format!("{lkey}.path"),
-                    format!("{} is already used by {other}", l.path.display()),
-                );
-            }
-            let exists = l.path.exists();
-            if l.read_only && !exists {
-                p(
-                    format!("{lkey}.path"),
-                    format!(
-                        "{} does not exist, and a read-only LUN cannot create it",
-                        l.path.display()
-                    ),
-                );
-            }
-            match &l.size {
-                Some(s) => match parse_size(s) {
-                    Ok(b) if b < 4096 => p(format!("{lkey}.size"), "must be at least 4KiB".into()),
-                    Ok(_) => {}
-                    Err(e) => p(format!("{lkey}.size"), e),
-                },
-                None if !exists => p(
-                    format!("{lkey}.path"),
-                    format!(
-                        "{} does not exist (give size = \"...\" to create it)",
-                        l.path.display()
-                    ),
+            match (&l.path, &l.replicated) {
+                (Some(_), Some(_)) => p(
+                    format!("{lkey}.replicated"),
+                    "give either path or replicated, not both".into(),
                 ),
-                None => {}
+                (None, None) => p(
+                    format!("{lkey}.path"),
+                    "a LUN needs path = \"...\" (file or block device) or replicated = \"NAME\""
+                        .into(),
+                ),
+                (None, Some(name)) => {
+                    if !cfg.replicated.iter().any(|r| r.name == *name) {
+                        p(
+                            format!("{lkey}.replicated"),
+                            format!("no [[replicated]] volume named {name:?}"),
+                        );
+                    } else if let Some(other) = repl_users.insert(name.clone(), lkey.clone()) {
+                        p(
+                            format!("{lkey}.replicated"),
+                            format!("replicated volume {name:?} is already used by {other}"),
+                        );
+                    }
+                    if l.size.is_some() {
+                        p(
+                            format!("{lkey}.size"),
+                            "a replicated LUN has the size of its volume (set size in [[replicated]])"
+                                .into(),
+                        );
+                    }
+                    if l.block_size.is_some() {
+                        p(
+                            format!("{lkey}.block_size"),
+                            "a replicated LUN has the block size of its volume's disk".into(),
+                        );
+                    }
+                }
+                (Some(path), None) => {
+                    if let Some(other) = paths.insert(path.clone(), lkey.clone()) {
+                        p(
+                            format!("{lkey}.path"),
+                            format!("{} is already used by {other}", path.display()),
+                        );
+                    }
+                    let exists = path.exists();
+                    if l.read_only && !exists {
+                        p(
+                            format!("{lkey}.path"),
+                            format!(
+                                "{} does not exist, and a read-only LUN cannot create it",
+                                path.display()
+                            ),
+                        );
+                    }
+                    match &l.size {
+                        Some(s) => match parse_size(s) {
+                            Ok(b) if b < 4096 => {
+                                p(format!("{lkey}.size"), "must be at least 4KiB".into())
+                            }
+                            Ok(_) => {}
+                            Err(e) => p(format!("{lkey}.size"), e),
+                        },
+                        None if !exists => p(
+                            format!("{lkey}.path"),
+                            format!(
+                                "{} does not exist (give size = \"...\" to create it)",
+                                path.display()
+                            ),
+                        ),
+                        None => {}
+                    }
+                }
             }
             if !matches!(l.engine.as_str(), "auto" | "io_uring" | "sync") {
                 p(

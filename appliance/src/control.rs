@@ -12,6 +12,10 @@
 //! command  = "ping"
 //!          | "alua" SP "show" [SP target]
 //!          | "alua" SP "set" SP group SP state [SP target]
+//!          | "repl" SP "status" [SP name] [SP "json"]
+//!          | "repl" SP verb SP name [SP option]
+//! verb     = "primary" [SP "force"] | "secondary" | "connect" [SP "discard-my-data"]
+//!          | "disconnect" | "verify" | "invalidate" | "outdate" | "resume-io" | "down"
 //! response = ("ok" | "error: " reason) LF *(line LF)   then the server closes
 //! line     = "target=" iqn SP "group=" id SP "state=" state SP "preferred=" yes|no
 //!            SP "ports=" id *("," id) SP "cause=" none|explicit|implicit
@@ -21,13 +25,18 @@
 //! answers with the resulting lines of those groups, and is an *implicit* transition:
 //! every I_T nexus of the affected LUs gets ASYMMETRIC ACCESS STATE CHANGED. Malformed
 //! requests get `error: ...` naming what is wrong; nothing is changed then.
+//!
+//! `repl status` answers one line per replicated volume (`name=... role=... disk=...
+//! conn=...`), or with `json` one line of JSON: an object for a named volume, an array
+//! otherwise. A `repl` verb answers `ok` once the volume's owner task accepted it, or
+//! `error: REASON` when the replica refused (e.g. promoting stale data without force).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use twinsan_scsi::alua::ChangeCause;
 use twinsan_scsi::{AccessState, AluaState};
 
@@ -38,6 +47,129 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ALUA state of every target of the node, by IQN.
 pub type Targets = Vec<(String, Arc<AluaState>)>;
+
+/// What the control socket drives: ALUA states and replicated volumes.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// ALUA state of every target.
+    pub alua: Targets,
+    /// Every replicated volume's owner task.
+    pub replicated: Vec<twinsan_replication::driver::Handle>,
+}
+
+/// An operator verb on one replicated volume (modelled on drbdadm).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplVerb {
+    /// Become primary.
+    Primary {
+        /// Also with Inconsistent/Outdated data (it becomes the newest).
+        force: bool,
+    },
+    /// Become secondary.
+    Secondary,
+    /// Start connecting.
+    Connect {
+        /// This node is the split-brain victim.
+        discard_my_data: bool,
+    },
+    /// Drop the connection, stop connecting.
+    Disconnect,
+    /// Online verify against the peer.
+    Verify,
+    /// Discard local data; full resync from the peer.
+    Invalidate,
+    /// Mark the local (secondary) data Outdated.
+    Outdate,
+    /// Resume I/O frozen by fencing.
+    ResumeIo,
+    /// Disconnect, demote, mark the metadata clean (the volume stays attached).
+    Down,
+}
+
+impl ReplVerb {
+    fn words(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ReplVerb::Primary { force } => ("primary", force.then_some("force")),
+            ReplVerb::Secondary => ("secondary", None),
+            ReplVerb::Connect { discard_my_data } => {
+                ("connect", discard_my_data.then_some("discard-my-data"))
+            }
+            ReplVerb::Disconnect => ("disconnect", None),
+            ReplVerb::Verify => ("verify", None),
+            ReplVerb::Invalidate => ("invalidate", None),
+            ReplVerb::Outdate => ("outdate", None),
+            ReplVerb::ResumeIo => ("resume-io", None),
+            ReplVerb::Down => ("down", None),
+        }
+    }
+
+    fn admin(&self) -> twinsan_replication::replica::AdminCmd {
+        use twinsan_replication::replica::AdminCmd;
+        match *self {
+            ReplVerb::Primary { force } => AdminCmd::Primary { force },
+            ReplVerb::Secondary => AdminCmd::Secondary,
+            ReplVerb::Connect { discard_my_data } => AdminCmd::Connect { discard_my_data },
+            ReplVerb::Disconnect => AdminCmd::Disconnect,
+            ReplVerb::Verify => AdminCmd::Verify,
+            ReplVerb::Invalidate => AdminCmd::Invalidate,
+            ReplVerb::Outdate => AdminCmd::Outdate,
+            ReplVerb::ResumeIo => AdminCmd::ResumeIo,
+            ReplVerb::Down => AdminCmd::Down,
+        }
+    }
+}
+
+const REPL_USAGE: &str = "usage: repl status [NAME] [json] | repl primary NAME [force] | \
+     repl secondary NAME | repl connect NAME [discard-my-data] | repl disconnect NAME | \
+     repl verify NAME | repl invalidate NAME | repl outdate NAME | repl resume-io NAME | \
+     repl down NAME";
+
+fn parse_repl(words: &[&str]) -> Result<Request, String> {
+    let own = |w: &&str| (*w).to_owned();
+    match words {
+        ["status"] => Ok(Request::ReplStatus {
+            name: None,
+            json: false,
+        }),
+        ["status", "json"] => Ok(Request::ReplStatus {
+            name: None,
+            json: true,
+        }),
+        ["status", n] => Ok(Request::ReplStatus {
+            name: Some(own(n)),
+            json: false,
+        }),
+        ["status", n, "json"] => Ok(Request::ReplStatus {
+            name: Some(own(n)),
+            json: true,
+        }),
+        [verb, n, rest @ ..] => {
+            let v = match (*verb, rest) {
+                ("primary", []) => ReplVerb::Primary { force: false },
+                ("primary", ["force"]) => ReplVerb::Primary { force: true },
+                ("secondary", []) => ReplVerb::Secondary,
+                ("connect", []) => ReplVerb::Connect {
+                    discard_my_data: false,
+                },
+                ("connect", ["discard-my-data"]) => ReplVerb::Connect {
+                    discard_my_data: true,
+                },
+                ("disconnect", []) => ReplVerb::Disconnect,
+                ("verify", []) => ReplVerb::Verify,
+                ("invalidate", []) => ReplVerb::Invalidate,
+                ("outdate", []) => ReplVerb::Outdate,
+                ("resume-io", []) => ReplVerb::ResumeIo,
+                ("down", []) => ReplVerb::Down,
+                _ => return Err(REPL_USAGE.into()),
+            };
+            Ok(Request::Repl {
+                verb: v,
+                name: own(n),
+            })
+        }
+        _ => Err(REPL_USAGE.into()),
+    }
+}
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +189,20 @@ pub enum Request {
         state: AccessState,
         /// Only this target.
         target: Option<String>,
+    },
+    /// Status of the replicated volumes (or one).
+    ReplStatus {
+        /// Only this volume.
+        name: Option<String>,
+        /// One JSON line instead of text.
+        json: bool,
+    },
+    /// An operator verb on a replicated volume.
+    Repl {
+        /// What to do.
+        verb: ReplVerb,
+        /// The volume.
+        name: String,
     },
 }
 
@@ -91,7 +237,8 @@ impl Request {
             ["alua", "set", ..] => Err("usage: alua set GROUP STATE [TARGET]".into()),
             ["alua", "show", ..] => Err("usage: alua show [TARGET]".into()),
             ["alua", other, ..] => Err(format!("unknown alua command {other:?} (show, set)")),
-            [other, ..] => Err(format!("unknown command {other:?} (ping, alua)")),
+            ["repl", rest @ ..] => parse_repl(rest),
+            [other, ..] => Err(format!("unknown command {other:?} (ping, alua, repl)")),
         }
     }
 
@@ -108,6 +255,22 @@ impl Request {
             } => match target {
                 None => format!("alua set {group} {state}\n"),
                 Some(t) => format!("alua set {group} {state} {t}\n"),
+            },
+            Request::ReplStatus { name, json } => {
+                let mut l = "repl status".to_owned();
+                if let Some(n) = name {
+                    l.push(' ');
+                    l.push_str(n);
+                }
+                if *json {
+                    l.push_str(" json");
+                }
+                l.push('\n');
+                l
+            }
+            Request::Repl { verb, name } => match verb.words() {
+                (v, None) => format!("repl {v} {name}\n"),
+                (v, Some(o)) => format!("repl {v} {name} {o}\n"),
             },
         }
     }
@@ -179,9 +342,56 @@ fn selected<'a>(
     }
 }
 
-/// Execute one request line against the node's targets.
+/// Execute one request line against the node (ALUA requests are answered at once,
+/// replicated volumes through their owner tasks).
+pub async fn handle_async(line: &str, ctx: &Context) -> Response {
+    match Request::parse(line)? {
+        Request::ReplStatus { name, json } => {
+            let chosen: Vec<_> = ctx
+                .replicated
+                .iter()
+                .filter(|h| name.as_ref().is_none_or(|n| n == h.name()))
+                .collect();
+            if let (Some(n), true) = (&name, chosen.is_empty()) {
+                return Err(format!("no replicated volume {n}"));
+            }
+            let mut statuses = Vec::new();
+            for h in chosen {
+                match h.status().await {
+                    Some(s) => statuses.push(s),
+                    None => return Err(format!("replicated volume {} is stopped", h.name())),
+                }
+            }
+            if json {
+                let objs: Vec<String> = statuses.iter().map(|s| s.to_json()).collect();
+                Ok(vec![if name.is_some() {
+                    objs.concat()
+                } else {
+                    format!("[{}]", objs.join(","))
+                }])
+            } else {
+                Ok(statuses.iter().map(|s| s.summary()).collect())
+            }
+        }
+        Request::Repl { verb, name } => {
+            let Some(h) = ctx.replicated.iter().find(|h| h.name() == name) else {
+                return Err(format!("no replicated volume {name}"));
+            };
+            tracing::info!(volume = %name, ?verb, "replication verb through the control socket");
+            h.admin(verb.admin()).await.map_err(|e| e.to_string())?;
+            Ok(Vec::new())
+        }
+        _ => handle(line, &ctx.alua),
+    }
+}
+
+/// Execute one request line against the node's targets (ALUA and ping; replication
+/// requests need [`handle_async`]).
 pub fn handle(line: &str, targets: &Targets) -> Response {
     match Request::parse(line)? {
+        Request::ReplStatus { .. } | Request::Repl { .. } => {
+            Err("replicated volumes are not served here".into())
+        }
         Request::Ping => Ok(vec!["pong".into()]),
         Request::AluaShow { target } => {
             let mut out = Vec::new();
@@ -305,7 +515,7 @@ impl ControlSocket {
     }
 
     /// Serve requests until `shutdown`.
-    pub async fn serve(self, targets: Arc<Targets>, shutdown: tokio_util::sync::CancellationToken) {
+    pub async fn serve(self, targets: Arc<Context>, shutdown: tokio_util::sync::CancellationToken) {
         let mut conns = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -335,7 +545,7 @@ impl ControlSocket {
     }
 }
 
-async fn serve_one(mut stream: tokio::net::UnixStream, targets: &Targets) -> std::io::Result<()> {
+async fn serve_one(mut stream: tokio::net::UnixStream, ctx: &Context) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::with_capacity(128);
     let read = async {
@@ -361,7 +571,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, targets: &Targets) -> std
                 Err(format!("request longer than {REQUEST_MAX_BYTES} bytes"))
             } else {
                 match std::str::from_utf8(&buf[..end]) {
-                    Ok(line) => handle(line, targets),
+                    Ok(line) => handle_async(line, ctx).await,
                     Err(_) => Err("request is not UTF-8".to_owned()),
                 }
             }
@@ -440,8 +650,48 @@ mod tests {
                 state: AccessState::ActiveNonOptimized,
                 target: Some("iqn.2026-11.org.x:b".into()),
             },
+            Request::ReplStatus {
+                name: None,
+                json: false,
+            },
+            Request::ReplStatus {
+                name: None,
+                json: true,
+            },
+            Request::ReplStatus {
+                name: Some("r0".into()),
+                json: true,
+            },
+            Request::Repl {
+                verb: ReplVerb::Primary { force: true },
+                name: "r0".into(),
+            },
+            Request::Repl {
+                verb: ReplVerb::Connect {
+                    discard_my_data: true,
+                },
+                name: "r0".into(),
+            },
+            Request::Repl {
+                verb: ReplVerb::ResumeIo,
+                name: "r1".into(),
+            },
+            Request::Repl {
+                verb: ReplVerb::Down,
+                name: "r1".into(),
+            },
         ] {
             assert_eq!(Request::parse(&r.encode()), Ok(r));
+        }
+        for bad in [
+            "repl",
+            "repl primary",
+            "repl primary r0 now",
+            "repl frob r0",
+            "repl status a b",
+        ] {
+            let e = Request::parse(bad).unwrap_err();
+            assert!(e.starts_with("usage: repl"), "{bad}: {e}");
         }
         assert_eq!(
             Request::parse("  alua   set 1 AO\r\n"),
@@ -563,7 +813,11 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let t = Arc::new(targets());
+        let ctx = Arc::new(Context {
+            alua: targets(),
+            replicated: Vec::new(),
+        });
+        let t = &ctx.alua;
         rt.block_on(async {
             let sock = ControlSocket::bind(&path).unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -577,7 +831,7 @@ mod tests {
             let err = ControlSocket::bind(&path).unwrap_err().to_string();
             assert!(err.contains("in use"), "{err}");
             let stop = tokio_util::sync::CancellationToken::new();
-            let server = tokio::spawn(sock.serve(t.clone(), stop.clone()));
+            let server = tokio::spawn(sock.serve(ctx.clone(), stop.clone()));
             let p = path.clone();
             let r = tokio::task::spawn_blocking(move || {
                 let a = request(

@@ -6,6 +6,7 @@
 mod config;
 mod control;
 mod node;
+mod replicated;
 mod secrets;
 
 use std::path::PathBuf;
@@ -23,8 +24,8 @@ use config::{
 
 /// twinsan — a two-node SAN appliance: iSCSI target, block replication and HA in one binary.
 ///
-/// Today twinsan serves iSCSI LUNs from files or block devices on one node; replication
-/// and the HA manager are not implemented yet (see README).
+/// Today twinsan serves iSCSI LUNs from files, block devices or volumes replicated to a
+/// peer node; the HA manager is not implemented yet (see README).
 #[derive(Parser, Debug)]
 #[command(name = "twinsan", version, about, long_about)]
 struct Cli {
@@ -56,6 +57,10 @@ enum Command {
     /// control socket).
     #[command(subcommand)]
     Alua(AluaCommand),
+    /// Replicated volumes (modelled on drbdadm): status and operator verbs against a
+    /// running node (through its control socket), create-md offline.
+    #[command(subcommand)]
+    Repl(ReplCommand),
     /// Validate a configuration file and report every problem with file, key and reason.
     ///
     /// Exits 0 when the file is valid, 1 otherwise. Secret files are checked for
@@ -111,6 +116,126 @@ enum AluaCommand {
         /// Only on this target (default: every target that has the group).
         #[arg(long)]
         target: Option<String>,
+    },
+}
+
+/// How a `repl` verb finds the running node.
+#[derive(Args, Debug)]
+struct NodeArg {
+    /// Control socket of the running node.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// The node's configuration file (its control socket is used).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplCommand {
+    /// Role, disk and connection state, peer, out-of-sync bytes, resync progress,
+    /// generations, split brain, frozen I/O, counters.
+    Status {
+        /// Only this volume.
+        name: Option<String>,
+        /// One line of JSON (an object with NAME, else an array; keys in the README).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Become Primary (refused with stale data unless --force).
+    Primary {
+        /// Volume.
+        name: String,
+        /// Promote Inconsistent/Outdated data, making it the newest (the peer resyncs
+        /// from it).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Become Secondary (refused while application I/O is in flight).
+    Secondary {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Start connecting to the peer.
+    Connect {
+        /// Volume.
+        name: String,
+        /// This node is the split-brain victim: its changes are discarded.
+        #[arg(long)]
+        discard_my_data: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Drop the connection and stop connecting (StandAlone).
+    Disconnect {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Online verify against the connected peer.
+    Verify {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Discard local data and resync it fully from the connected peer.
+    Invalidate {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Mark the local (Secondary) data Outdated.
+    Outdate {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Resume application I/O frozen by resource-and-stonith fencing.
+    ResumeIo {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Disconnect, demote and mark the metadata clean (the volume stays attached;
+    /// `connect` brings it back).
+    Down {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Write fresh replication metadata for a volume of a configuration (offline:
+    /// the node must not be running it).
+    CreateMd {
+        /// Volume.
+        name: String,
+        /// Configuration file naming the volume.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overwrite existing metadata or data.
+        #[arg(long)]
+        force: bool,
+        /// Declare the data consistent (no initial sync). Only for identical disks on
+        /// both nodes (e.g. both new and zeroed), both created with --assume-clean.
+        #[arg(long)]
+        assume_clean: bool,
+    },
+    /// Grow a replicated volume (not implemented yet).
+    Resize {
+        /// Volume.
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
     },
 }
 
@@ -267,7 +392,8 @@ impl ExportArgs {
                 mutual_chap_secret_file: self.mutual_chap_secret_file,
                 luns: vec![LunSection {
                     lun: self.lun,
-                    path: self.path,
+                    path: Some(self.path),
+                    replicated: None,
                     size: self.size,
                     uuid: self.uuid,
                     read_only: self.read_only,
@@ -424,6 +550,155 @@ fn alua_command(cmd: AluaCommand) -> ExitCode {
     }
 }
 
+/// The control socket a `repl` verb talks to.
+fn resolve_control(node: &NodeArg) -> anyhow::Result<PathBuf> {
+    if let Some(c) = &node.control {
+        return Ok(c.clone());
+    }
+    let Some(file) = &node.config else {
+        anyhow::bail!("give --control SOCKET or --config FILE of the running node");
+    };
+    let cfg = config::parse_file(file).map_err(|p| {
+        anyhow::anyhow!(
+            "{}",
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    node::control_path(&cfg)
+        .ok_or_else(|| anyhow::anyhow!("{}: control_socket is disabled", file.display()))
+}
+
+/// `twinsan repl ...`. Exit 0 on success, 1 when refused, 2 when unreachable.
+fn repl_command(cmd: ReplCommand) -> ExitCode {
+    use control::{ReplVerb, Request};
+    let (node, req) = match cmd {
+        ReplCommand::CreateMd {
+            name,
+            config: file,
+            force,
+            assume_clean,
+        } => {
+            let cfg = match config::load(&file) {
+                Ok(c) => c,
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("error: {p}");
+                    }
+                    return ExitCode::from(1);
+                }
+            };
+            return match replicated::create_md(&cfg, &name, force, assume_clean) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("twinsan: create-md {name}: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        ReplCommand::Resize { name, .. } => {
+            eprintln!("twinsan: repl resize {name}: not implemented yet (see README, \"Not implemented yet\")");
+            return ExitCode::from(1);
+        }
+        ReplCommand::Status { name, json, node } => (node, Request::ReplStatus { name, json }),
+        ReplCommand::Primary { name, force, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Primary { force },
+                name,
+            },
+        ),
+        ReplCommand::Secondary { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Secondary,
+                name,
+            },
+        ),
+        ReplCommand::Connect {
+            name,
+            discard_my_data,
+            node,
+        } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Connect { discard_my_data },
+                name,
+            },
+        ),
+        ReplCommand::Disconnect { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Disconnect,
+                name,
+            },
+        ),
+        ReplCommand::Verify { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Verify,
+                name,
+            },
+        ),
+        ReplCommand::Invalidate { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Invalidate,
+                name,
+            },
+        ),
+        ReplCommand::Outdate { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Outdate,
+                name,
+            },
+        ),
+        ReplCommand::ResumeIo { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::ResumeIo,
+                name,
+            },
+        ),
+        ReplCommand::Down { name, node } => (
+            node,
+            Request::Repl {
+                verb: ReplVerb::Down,
+                name,
+            },
+        ),
+    };
+    let path = match resolve_control(&node) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twinsan: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match control::request(&path, &req) {
+        Ok(Ok(lines)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(reason)) => {
+            eprintln!("twinsan: {}: {reason}", path.display());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("twinsan: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
@@ -456,11 +731,12 @@ fn main() -> ExitCode {
             Ok(cfg) => {
                 let luns: usize = cfg.targets.iter().map(|t| t.luns.len()).sum();
                 println!(
-                    "{}: OK ({} portal group(s), {} target(s), {} LUN(s))",
+                    "{}: OK ({} portal group(s), {} target(s), {} LUN(s), {} replicated volume(s))",
                     config.display(),
                     cfg.portal_groups.len(),
                     cfg.targets.len(),
-                    luns
+                    luns,
+                    cfg.replicated.len()
                 );
                 Ok(())
             }
@@ -474,6 +750,7 @@ fn main() -> ExitCode {
         },
         Command::Demo { dir, size, listen } => demo(dir, size, listen),
         Command::Alua(cmd) => return alua_command(cmd),
+        Command::Repl(cmd) => return repl_command(cmd),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,9 +21,13 @@ use twinsan_scsi::{AluaState, FileReservationStore, LogicalUnit, LunConfig, LunM
 use crate::config::{self, LunSection, NodeConfig};
 use crate::control::{self, ControlSocket};
 use crate::secrets::read_secret_file;
+use twinsan_replication::driver::{Driver, ReplicatedDevice};
 
 /// Open the backing device of one LUN as the config says.
 pub fn open_lun_device(l: &LunSection) -> anyhow::Result<Arc<dyn BlockDevice>> {
+    let Some(path) = &l.path else {
+        bail!("LUN {} has no path", l.lun);
+    };
     let opts = FileOptions {
         read_only: l.read_only,
         create_size_bytes: match &l.size {
@@ -43,7 +47,7 @@ pub fn open_lun_device(l: &LunSection) -> anyhow::Result<Arc<dyn BlockDevice>> {
         },
         write_cache: l.write_cache,
     };
-    let dev = FileDevice::open(&l.path, &opts).with_context(|| format!("LUN {}", l.lun))?;
+    let dev = FileDevice::open(path, &opts).with_context(|| format!("LUN {}", l.lun))?;
     info!(lun = l.lun, "{}", dev.describe());
     Ok(Arc::new(dev))
 }
@@ -72,8 +76,15 @@ pub struct Built {
     pub alua: control::Targets,
 }
 
-/// Build the iSCSI server configuration (opens devices and reads secrets).
-pub fn build_server_config(cfg: &NodeConfig) -> anyhow::Result<Built> {
+/// The devices of the node's replicated volumes, by name.
+pub type ReplicatedDevices = BTreeMap<String, Arc<ReplicatedDevice>>;
+
+/// Build the iSCSI server configuration (opens devices and reads secrets). LUNs on
+/// replicated volumes use the devices in `replicated`.
+pub fn build_server_config(
+    cfg: &NodeConfig,
+    replicated: &ReplicatedDevices,
+) -> anyhow::Result<Built> {
     let mut portals = Vec::new();
     let mut groups = BTreeMap::new();
     for pg in &cfg.portal_groups {
@@ -97,7 +108,13 @@ pub fn build_server_config(cfg: &NodeConfig) -> anyhow::Result<Built> {
     for t in &cfg.targets {
         let mut luns = Vec::new();
         for l in &t.luns {
-            let dev = open_lun_device(l)?;
+            let dev: Arc<dyn BlockDevice> = match &l.replicated {
+                Some(name) => match replicated.get(name) {
+                    Some(d) => d.clone(),
+                    None => bail!("LUN {}: replicated volume {name:?} is not running", l.lun),
+                },
+                None => open_lun_device(l)?,
+            };
             let mut lc = LunConfig::new(
                 l.uuid
                     .unwrap_or_else(|| config::derived_lun_uuid(&t.iqn, l.lun)),
@@ -180,11 +197,35 @@ pub async fn run(cfg: &NodeConfig, shutdown: CancellationToken) -> anyhow::Resul
         version = env!("CARGO_PKG_VERSION"),
         "twinsan node starting"
     );
+    // Replicated volumes first (DRBD "up": attach + connect, Secondary), then the
+    // target on top of them.
+    let drivers = crate::replicated::start_all(cfg).await?;
+    let res = serve(cfg, &drivers, shutdown).await;
+    for d in drivers {
+        let name = d.handle.name().to_string();
+        if let Err(e) = d.stop().await {
+            tracing::warn!(volume = %name, "replicated volume stopped uncleanly: {e}");
+        }
+    }
+    res?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn serve(
+    cfg: &NodeConfig,
+    drivers: &[Driver],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let devices: ReplicatedDevices = drivers
+        .iter()
+        .map(|d| (d.handle.name().to_string(), d.device.clone()))
+        .collect();
     let Built {
         server: sc,
         portals,
         alua,
-    } = build_server_config(cfg)?;
+    } = build_server_config(cfg, &devices)?;
     let mut listeners = Vec::new();
     for (addr, tag) in portals {
         let l = tokio::net::TcpListener::bind(addr)
@@ -212,7 +253,11 @@ pub async fn run(cfg: &NodeConfig, shutdown: CancellationToken) -> anyhow::Resul
             }
         },
     };
-    let control_task = control.map(|c| tokio::spawn(c.serve(Arc::new(alua), shutdown.clone())));
+    let ctx = Arc::new(control::Context {
+        alua,
+        replicated: drivers.iter().map(|d| d.handle.clone()).collect(),
+    });
+    let control_task = control.map(|c| tokio::spawn(c.serve(ctx, shutdown.clone())));
     let server = Server::new(sc);
     let res = server
         .run(listeners, shutdown.clone())
@@ -222,7 +267,5 @@ pub async fn run(cfg: &NodeConfig, shutdown: CancellationToken) -> anyhow::Resul
     if let Some(t) = control_task {
         let _ = t.await;
     }
-    res?;
-    info!("stopped");
-    Ok(())
+    res
 }

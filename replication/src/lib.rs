@@ -6,11 +6,12 @@
 //! byte encoding ([`wire`]) and the link authentication ([`auth`]).
 //!
 //! May not touch: SCSI or iSCSI (a replicated device is only a `BlockDevice` to them),
-//! clocks, sockets or threads inside the core modules; the tokio driver is the only
-//! place that does I/O.
+//! clocks, sockets or threads inside the core modules; the tokio driver ([`driver`]) is the
+//! only place that does I/O.
 
 pub mod auth;
 pub mod bitmap;
+pub mod driver;
 pub mod gens;
 pub mod meta;
 pub mod msg;

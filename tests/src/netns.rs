@@ -70,12 +70,20 @@ impl NetPair {
         ip_checked(&["netns", "add", &pair.a]);
         ip_checked(&["netns", "add", &pair.b]);
         ip_checked(&[
-            "-n", &pair.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-            "netns", &pair.b,
+            "-n", &pair.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &pair.b,
         ]);
         for (ns, addr) in [(&pair.a, pair.addr_a), (&pair.b, pair.addr_b)] {
             ip_checked(&["-n", ns, "link", "set", "lo", "up"]);
-            ip_checked(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", "eth0"]);
+            ip_checked(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                "eth0",
+            ]);
             ip_checked(&["-n", ns, "link", "set", "eth0", "up"]);
         }
         Some(pair)

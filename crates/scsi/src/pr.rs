@@ -55,12 +55,12 @@ use crate::cdb::Command;
 use crate::lun::Fail;
 use crate::sense::{asc, key, Sense};
 
-pub mod record;
 pub mod device_store;
+pub mod record;
 pub mod store;
 
-pub use record::{decode_record, encode_record, RecordError};
 pub use device_store::{DeviceReservationStore, PR_AREA_BYTES};
+pub use record::{decode_record, encode_record, RecordError};
 pub use store::{FileReservationStore, MemReservationStore, ReservationStore, StoreError};
 
 /// Most registrations one logical unit holds.
