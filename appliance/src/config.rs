@@ -233,7 +233,9 @@ pub struct LunSection {
     pub block_size: Option<u32>,
     /// Where persistent-reservation state is kept durably (APTPL). Default for a file:
     /// `<path>.pr` next to the data; for a block device there is no default (state is
-    /// then kept in memory only and APTPL is refused).
+    /// then kept in memory only and APTPL is refused). Not allowed on a replicated LUN:
+    /// its record lives in the last 128 KiB of the replicated volume, replicated with the
+    /// data.
     pub pr_file: Option<PathBuf>,
 }
 
@@ -243,8 +245,7 @@ impl LunSection {
         if let Some(p) = &self.pr_file {
             return Some(p.clone());
         }
-        // A replicated LUN has no default: the record is not replicated (yet), so a
-        // file next to one node's disk would be stale on the other.
+        // A replicated LUN keeps its record on the replicated volume instead.
         let path = self.path.as_ref()?;
         let is_block = std::fs::metadata(path)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
@@ -737,6 +738,14 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
                 p(
                     format!("{lkey}.direct_io"),
                     format!("{:?}: must be auto, on or off", l.direct_io),
+                );
+            }
+            if l.pr_file.is_some() && l.replicated.is_some() {
+                p(
+                    format!("{lkey}.pr_file"),
+                    "not used with `replicated`: the reservation record is kept on the \
+                     replicated volume itself"
+                        .into(),
                 );
             }
             if let Some(pr) = &l.pr_file {

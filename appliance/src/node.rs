@@ -14,9 +14,13 @@ use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use twinsan_blockdev::SliceDevice;
 use twinsan_blockdev::{BlockDevice, DirectPreference, EnginePreference, FileDevice, FileOptions};
 use twinsan_iscsi::{ChapCredentials, PortalGroup, Server, ServerConfig, TargetConfig};
-use twinsan_scsi::{AluaState, FileReservationStore, LogicalUnit, LunConfig, LunMap};
+use twinsan_scsi::{
+    AluaState, DeviceReservationStore, FileReservationStore, LogicalUnit, LunConfig, LunMap,
+    PrRestore, PR_AREA_BYTES,
+};
 
 use crate::config::{self, LunSection, NodeConfig};
 use crate::control::{self, ControlSocket};
@@ -108,21 +112,41 @@ pub fn build_server_config(
     for t in &cfg.targets {
         let mut luns = Vec::new();
         for l in &t.luns {
-            let dev: Arc<dyn BlockDevice> = match &l.replicated {
-                Some(name) => match replicated.get(name) {
-                    Some(d) => d.clone(),
-                    None => bail!("LUN {}: replicated volume {name:?} is not running", l.lun),
-                },
-                None => open_lun_device(l)?,
-            };
             let mut lc = LunConfig::new(
                 l.uuid
                     .unwrap_or_else(|| config::derived_lun_uuid(&t.iqn, l.lun)),
             );
             lc.read_only = l.read_only;
-            if let Some(pr) = l.pr_file() {
-                lc.pr_store = Some(Arc::new(FileReservationStore::new(pr)));
-            }
+            let dev: Arc<dyn BlockDevice> = match &l.replicated {
+                Some(name) => {
+                    let Some(vol) = replicated.get(name) else {
+                        bail!("LUN {}: replicated volume {name:?} is not running", l.lun);
+                    };
+                    // The reservation record lives in the last 128 KiB of the replicated
+                    // volume, so it is replicated with the data and follows the primary
+                    // (reloaded when the volume is promoted here); the LUN is the rest.
+                    let Some((store, usable)) = DeviceReservationStore::at_end(vol.clone()) else {
+                        bail!(
+                            "LUN {}: replicated volume {name:?} is too small for a LUN and its \
+                             reservation area ({PR_AREA_BYTES} bytes)",
+                            l.lun
+                        );
+                    };
+                    lc.pr_store = Some(Arc::new(store));
+                    lc.pr_restore = PrRestore::Takeover;
+                    Arc::new(
+                        SliceDevice::new(vol.clone(), 0, usable).with_context(|| {
+                            format!("LUN {}: replicated volume {name:?}", l.lun)
+                        })?,
+                    )
+                }
+                None => {
+                    if let Some(pr) = l.pr_file() {
+                        lc.pr_store = Some(Arc::new(FileReservationStore::new(pr)));
+                    }
+                    open_lun_device(l)?
+                }
+            };
             luns.push((l.lun, Arc::new(LogicalUnit::new(lc, dev))));
         }
         let portal_groups = if t.portal_groups.is_empty() {

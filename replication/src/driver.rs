@@ -47,7 +47,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -188,6 +188,8 @@ struct Shared {
     write_bytes_max: u32,
     /// Primary with current (UpToDate) data: local reads are served.
     readable: AtomicBool,
+    /// Incremented each time `readable` goes from false to true.
+    activations: AtomicU64,
     /// [`role_code`] of the current role.
     role: AtomicU8,
     /// [`disk_code`] of the current disk state.
@@ -271,6 +273,12 @@ impl Handle {
     /// Whether local reads are served now (Primary with UpToDate data).
     pub fn readable(&self) -> bool {
         self.shared.readable.load(Ordering::Acquire)
+    }
+
+    /// How many times the volume became readable here (see
+    /// `BlockDevice::activation_epoch`).
+    pub fn activations(&self) -> u64 {
+        self.shared.activations.load(Ordering::Acquire)
     }
 
     /// The current role (as of the last input the owner processed).
@@ -552,6 +560,7 @@ impl Driver {
             size_bytes: layout.data_size_bytes,
             write_bytes_max: cfg.replica.write_bytes_max,
             readable: AtomicBool::new(false),
+            activations: AtomicU64::new(0),
             role: AtomicU8::new(role_code(Role::Secondary)),
             disk: AtomicU8::new(disk_code(persisted.disk)),
             stopped: AtomicBool::new(false),

@@ -180,6 +180,13 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn read_only(&self) -> bool {
         false
     }
+    /// A counter that changes whenever the device becomes usable on this node after
+    /// having been unavailable here (a replicated volume promoted on this head). Layers
+    /// that keep state *on* the device (the persistent-reservation record) reload it
+    /// when it changes. Plain devices never change it.
+    fn activation_epoch(&self) -> u64 {
+        0
+    }
     /// The engine this device runs on (for status and logs).
     fn engine(&self) -> EngineKind;
     /// Submit several operations at once and wait for all of them; each op's result

@@ -80,6 +80,9 @@ impl BlockDevice for SliceDevice {
     fn engine(&self) -> EngineKind {
         self.inner.engine()
     }
+    fn activation_epoch(&self) -> u64 {
+        self.inner.activation_epoch()
+    }
     fn submit_batch(&self, ops: &mut [IoOp<'_>], results: &mut [BlockResult<()>]) {
         // Translate offsets; a request outside the window fails alone.
         let mut mapped: Vec<IoOp<'_>> = Vec::with_capacity(ops.len());

@@ -87,8 +87,8 @@ pub use gate::{ClusterLockError, ClusterRangeGuard, ClusterRangeLock};
 pub use lun::{limits, LogicalUnit, LunConfig};
 pub use lunmap::{LunMap, LunMapError, LUN_MAX};
 pub use pr::{
-    FileReservationStore, MemReservationStore, PrRestore, PrState, PrType, ReservationStore,
-    StoreError,
+    DeviceReservationStore, FileReservationStore, MemReservationStore, PrRestore, PrState, PrType,
+    ReservationStore, StoreError, PR_AREA_BYTES,
 };
 pub use sense::Sense;
 

@@ -219,6 +219,8 @@ pub struct LogicalUnit {
     pr: PersistentReservations,
     abort_hook: AbortHookSlot,
     last_size: AtomicU64,
+    /// `BlockDevice::activation_epoch` when the reservation record was last loaded.
+    pr_epoch: AtomicU64,
     pub(crate) gate: WriteGate,
     mode_lock: Mutex<()>,
     /// Target port groups and their states (set once by [`crate::LunMap::with_alua`]).
@@ -239,7 +241,9 @@ impl LogicalUnit {
         let block_size = dev.logical_block_size().max(1);
         let last_size = AtomicU64::new(dev.size_bytes());
         let pr = PersistentReservations::new(cfg.uuid, cfg.pr_store.clone(), cfg.pr_restore);
+        let pr_epoch = AtomicU64::new(dev.activation_epoch());
         Self {
+            pr_epoch,
             cfg,
             dev,
             block_size,
@@ -299,6 +303,23 @@ impl LogicalUnit {
                 .is_ok()
         {
             self.ua.establish_all(asc::CAPACITY_DATA_CHANGED, None);
+        }
+    }
+
+    /// Reload the persistent reservation record if the device became usable on this
+    /// head since it was loaded (a replicated volume promoted here: the record
+    /// replicated with the data is the current one). Checked at the start of every
+    /// command.
+    pub fn activation_changed(&self) {
+        let e = self.dev.activation_epoch();
+        let old = self.pr_epoch.load(Ordering::Relaxed);
+        if e != old
+            && self
+                .pr_epoch
+                .compare_exchange(old, e, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.pr.reload(PrRestore::Takeover);
         }
     }
 
@@ -411,6 +432,7 @@ impl LogicalUnit {
     ) -> ScsiResponse {
         let nexus = req.nexus.id;
         self.capacity_changed();
+        self.activation_changed();
 
         // Unit attention: reported on every command but INQUIRY, REPORT LUNS and
         // REQUEST SENSE (which returns it as its parameter data).

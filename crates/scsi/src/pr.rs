@@ -1085,6 +1085,13 @@ fn load_state(uuid: Uuid, store: &dyn ReservationStore, restore: PrRestore) -> P
     let bytes = match store.load() {
         Ok(Some(b)) => b,
         Ok(None) => return PrState::default(),
+        Err(StoreError::Unavailable(why)) => {
+            // E.g. the record lives on a replicated volume that is Secondary here; it is
+            // loaded when the volume becomes usable on this head.
+            tracing::info!(%uuid, reason = %why,
+                "persistent reservation record not readable now; starting without registrations");
+            return PrState::default();
+        }
         Err(e) => {
             tracing::error!(%uuid, error = %e,
                 "cannot read the persistent reservation record; starting without registrations");
@@ -1147,6 +1154,21 @@ impl PersistentReservations {
             out: Mutex::new(()),
             store,
         }
+    }
+
+    /// Replace the state with what the store holds now, applied per `restore` (the
+    /// device holding the record became usable on this head: a takeover).
+    pub fn reload(&self, restore: PrRestore) {
+        let Some(store) = &self.store else { return };
+        let _out = lock(&self.out);
+        let state = load_state(self.uuid, store.as_ref(), restore);
+        tracing::info!(uuid = %self.uuid, registrations = state.registrations.len(),
+            reserved = state.reservation.is_some(),
+            "persistent reservations reloaded from the replicated record");
+        let mut cur = lock(&self.state);
+        self.reserved
+            .store(state.reservation.is_some(), Ordering::Release);
+        *cur = state;
     }
 
     /// Whether APTPL=1 is supported (a store exists).

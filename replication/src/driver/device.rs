@@ -112,4 +112,8 @@ impl BlockDevice for ReplicatedDevice {
     fn engine(&self) -> EngineKind {
         self.data.engine()
     }
+
+    fn activation_epoch(&self) -> u64 {
+        self.handle.activations()
+    }
 }

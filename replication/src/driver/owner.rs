@@ -287,6 +287,9 @@ impl Owner {
     fn publish(&mut self) {
         let role = self.replica.role();
         let readable = !self.stopping && role == Role::Primary && self.replica.readable();
+        if readable && !self.shared.readable.load(Ordering::Acquire) {
+            self.shared.activations.fetch_add(1, Ordering::AcqRel);
+        }
         self.shared.readable.store(readable, Ordering::Release);
         self.shared.role.store(role_code(role), Ordering::Release);
         self.shared

@@ -1708,3 +1708,130 @@ fn libiscsi_ownership_flow() {
         assert_eq!(h.keys().1, Vec::<u64>::new());
     }
 }
+
+/// A device shared by two "heads" (like the two replicas of a replicated volume) that
+/// is usable on one head at a time; becoming usable bumps its activation epoch.
+#[derive(Debug)]
+struct HeadView {
+    inner: Arc<dyn twinsan_blockdev::BlockDevice>,
+    usable: AtomicBool,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl HeadView {
+    fn new(inner: Arc<dyn twinsan_blockdev::BlockDevice>, usable: bool) -> Arc<Self> {
+        Arc::new(HeadView {
+            inner,
+            usable: usable.into(),
+            epoch: 0.into(),
+        })
+    }
+    fn set_usable(&self, on: bool) {
+        use Ordering::SeqCst;
+        if on && !self.usable.swap(true, SeqCst) {
+            self.epoch.fetch_add(1, SeqCst);
+        }
+        if !on {
+            self.usable.store(false, SeqCst);
+        }
+    }
+    fn ready(&self) -> twinsan_blockdev::BlockResult<()> {
+        if self.usable.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(twinsan_blockdev::BlockError::NotReady("secondary".into()))
+        }
+    }
+}
+
+impl twinsan_blockdev::BlockDevice for HeadView {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn logical_block_size(&self) -> u32 {
+        self.inner.logical_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset_bytes: u64) -> twinsan_blockdev::BlockResult<()> {
+        self.ready()?;
+        self.inner.read_at(buf, offset_bytes)
+    }
+    fn write_at(
+        &self,
+        buf: &[u8],
+        offset_bytes: u64,
+        fua: bool,
+    ) -> twinsan_blockdev::BlockResult<()> {
+        self.ready()?;
+        self.inner.write_at(buf, offset_bytes, fua)
+    }
+    fn flush(&self) -> twinsan_blockdev::BlockResult<()> {
+        self.ready()
+    }
+    fn write_cache_enabled(&self) -> bool {
+        false
+    }
+    fn engine(&self) -> twinsan_blockdev::EngineKind {
+        twinsan_blockdev::EngineKind::Memory
+    }
+    fn activation_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+fn head(view: Arc<HeadView>) -> H {
+    let dev: Arc<dyn twinsan_blockdev::BlockDevice> = view;
+    let (store, usable) = DeviceReservationStore::at_end(dev.clone()).expect("big enough");
+    let lun_dev = Arc::new(twinsan_blockdev::SliceDevice::new(dev, 0, usable).expect("slice"));
+    let lu = Arc::new(LogicalUnit::new(
+        cfg_with(Some(Arc::new(store)), PrRestore::Takeover),
+        lun_dev,
+    ));
+    H {
+        map: LunMap::new(vec![(0, lu.clone())]),
+        lu,
+        obs: nx(999_999, "observer", 0xFFF, 1),
+    }
+}
+
+#[test]
+fn reservations_on_the_device_follow_the_head_that_can_use_it() {
+    let shared: Arc<dyn twinsan_blockdev::BlockDevice> =
+        Arc::new(twinsan_blockdev::MemDevice::new(1 << 20, 512));
+    let (va, vb) = (
+        HeadView::new(shared.clone(), true),
+        HeadView::new(shared, false),
+    );
+    let (ha, hb) = (head(va.clone()), head(vb.clone()));
+    let (a, b) = (nx(1, "a", 1, 1), nx(2, "b", 2, 1));
+    ha.connect(&[&a, &b]);
+    ha.ok(&a, REGISTER, 0, 0, 0xA, 0);
+    ha.ok(&b, REGISTER, 0, 0, 0xB, 0);
+    ha.ok(&a, RESERVE, WE, 0xA, 0, 0);
+    // Switch over: A's device becomes unusable, B's usable (promotion).
+    va.set_usable(false);
+    vb.set_usable(true);
+    hb.connect(&[&a, &b]);
+    let s = hb.lu.persistent_reservations();
+    assert_eq!(
+        s.registrations.len(),
+        2,
+        "registrations did not follow the primary"
+    );
+    assert_eq!(
+        s.reservation.map(|r| r.pr_type),
+        Some(PrType::WriteExclusive)
+    );
+    assert_eq!(
+        s.generation, 2,
+        "PRGENERATION carried over (RESERVE does not bump it)"
+    );
+    // And they are enforced there: b is registered but not the holder of WE.
+    assert_eq!(hb.write(&b), CONFLICT);
+    assert_eq!(hb.write(&a), ScsiStatus::Good);
+    // Changes made on B come back to A on the next switch.
+    hb.ok(&b, REGISTER, 0, 0xB, 0, 0);
+    vb.set_usable(false);
+    va.set_usable(true);
+    let _ = ha.uas(&a);
+    assert_eq!(ha.lu.persistent_reservations().registrations.len(), 1);
+}
