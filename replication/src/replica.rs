@@ -804,6 +804,8 @@ pub struct Replica {
     frozen_queue: VecDeque<Input>,
     /// When the last application write arrived (dynamic resync throttling).
     last_app_write_ms: Option<u64>,
+    /// Resync progress since the bitmap was last persisted.
+    resync_unpersisted_bytes: u64,
 
     counters: Counters,
     actions: VecDeque<Action>,
@@ -864,6 +866,7 @@ impl Replica {
             app_flushes: HashMap::new(),
             frozen_queue: VecDeque::new(),
             last_app_write_ms: None,
+            resync_unpersisted_bytes: 0,
             counters: Counters::default(),
             actions: VecDeque::new(),
             cfg,

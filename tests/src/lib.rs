@@ -7,6 +7,7 @@
 
 pub mod netns;
 pub mod raw;
+pub mod repl;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

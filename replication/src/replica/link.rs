@@ -427,6 +427,17 @@ impl Replica {
         if full {
             self.bitmap.set_all();
         }
+        // From now on the bitmap means "possibly different on the peer, which has
+        // adopted my current generation": it no longer tracks an older bitmap
+        // generation. A disconnect during the resync then starts a new generation whose
+        // bitmap UUID is the one the target adopted, and the next handshake resumes
+        // from both bitmaps (rule Bitmap) instead of falling back to a full sync.
+        if self.gens.bitmap != 0 {
+            let b = self.gens.bitmap;
+            self.push_history(b);
+            self.gens.bitmap = 0;
+            self.persist_state(false);
+        }
         let total = self.bitmap.weight();
         let now = self.now_ms;
         if let Some(l) = self.link.as_mut() {

@@ -7,6 +7,9 @@ use super::*;
 /// Bits per verify request.
 const VERIFY_BITS_PER_REQ: u64 = 32;
 
+/// Resync progress between two bitmap write-outs.
+pub(super) const RESYNC_PERSIST_BYTES: u64 = 8 << 20;
+
 impl Replica {
     fn range_of(&self, bit: u64, bits: u64) -> (u64, u64) {
         let off = bit * BYTES_PER_BIT;
@@ -69,7 +72,12 @@ impl Replica {
                 return;
             };
             if rate > 0 {
-                if rt.tokens_bytes < len as f64 && !rt.inflight.is_empty() {
+                // A request larger than the bucket may go out only when nothing is in
+                // flight and no debt is left; the debt it leaves is paid off by the
+                // refill before the next one (ticks come every 10 ms while capped).
+                if rt.tokens_bytes < len as f64
+                    && (rt.tokens_bytes < 0.0 || !rt.inflight.is_empty())
+                {
                     break;
                 }
                 rt.tokens_bytes -= len as f64;
@@ -190,6 +198,11 @@ impl Replica {
                 p.bytes += len;
             }
         }
+        // The target keeps this range marked until the data is durable there, so the
+        // source may forget it now: an interrupted resync resumes where it was instead
+        // of starting over.
+        self.bitmap.clear_range_bytes(offset, len);
+        self.note_resync_progress(len);
         if same {
             self.counters.resync_skipped_bytes += len;
             self.send(Message::RsInSync { id: req });
@@ -237,17 +250,31 @@ impl Replica {
     }
 
     pub(super) fn resync_reply_done(&mut self, req: u64, ok: bool, len: u64) {
+        let mut done_bytes = 0;
         if let Some(rt) = self.link.as_mut().and_then(|l| l.resync_target.as_mut()) {
             if let Some((_, bits)) = rt.inflight.remove(&req) {
                 if ok {
                     rt.progress.done_bits += bits;
                     rt.progress.bytes += len;
+                    done_bytes = bits * BYTES_PER_BIT;
                 } else {
                     rt.failed_bits += bits;
                 }
             }
         }
+        self.note_resync_progress(done_bytes);
         self.pump_resync();
+    }
+
+    /// Persist the bitmap every [`RESYNC_PERSIST_BYTES`] of resync progress (the
+    /// bitmap persist flushes the resynced data first), so that a crash of either
+    /// node resumes the resync from there.
+    fn note_resync_progress(&mut self, bytes: u64) {
+        self.resync_unpersisted_bytes += bytes;
+        if self.resync_unpersisted_bytes >= RESYNC_PERSIST_BYTES {
+            self.resync_unpersisted_bytes = 0;
+            self.persist_bitmap_dirty();
+        }
     }
 
     pub(super) fn on_rs_in_sync(&mut self, id: u64) -> Result<(), String> {

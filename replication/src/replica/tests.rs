@@ -36,10 +36,15 @@ fn persisted_clean() -> Persisted {
 
 impl Pair {
     fn new(protocol: Protocol, two_primaries: bool) -> Self {
+        Self::with(protocol, two_primaries, |_| {})
+    }
+
+    fn with(protocol: Protocol, two_primaries: bool, tune: impl Fn(&mut ReplicaConfig)) -> Self {
         let mk = |id: u8| {
             let mut c = ReplicaConfig::new(id, &format!("n{id}"), 1 - id, [9; 16]);
             c.protocol = protocol;
             c.policies.allow_two_primaries = two_primaries;
+            tune(&mut c);
             Replica::new(
                 c,
                 SIZE,
@@ -360,4 +365,52 @@ fn both_just_created_need_an_explicit_source() {
     });
     assert!(refused, "promoted an Inconsistent disk without --force");
     let _ = mk(1);
+}
+
+#[test]
+fn resync_rate_cap_holds_in_virtual_time() {
+    const RATE: u64 = 1 << 20;
+    let mut p = Pair::with(Protocol::C, false, |c| c.resync_rate_max_bytes_per_s = RATE);
+    p.input(
+        0,
+        Input::Admin {
+            id: 0,
+            cmd: AdminCmd::Primary { force: false },
+        },
+    );
+    p.run();
+    p.input(0, Input::LinkDown { conn: 1 });
+    p.input(1, Input::LinkDown { conn: 1 });
+    p.net.clear();
+    let dirty: u64 = 4 << 20;
+    for i in 0..dirty / 65536 {
+        p.write(0, 1000 + i, i * 65536, 0x11, 65536);
+    }
+    assert_eq!(p.r[0].status().out_of_sync_bytes, dirty);
+    let start = p.now;
+    p.input(0, Input::LinkUp { conn: 1 });
+    p.input(1, Input::LinkUp { conn: 1 });
+    p.run();
+    let mut guard = 0;
+    while p.r[1].conn() != ConnState::Connected {
+        p.now += 10;
+        for n in 0..2 {
+            p.input(n, Input::Tick);
+        }
+        p.run();
+        guard += 1;
+        assert!(guard < 10_000, "resync did not finish");
+    }
+    let elapsed_ms = p.now - start;
+    // At most one second of burst above the cap.
+    let min_ms = (dirty - RATE) * 1000 / RATE;
+    assert!(
+        elapsed_ms >= min_ms,
+        "{dirty} bytes resynced in {elapsed_ms} ms of virtual time at a {RATE} B/s cap"
+    );
+    assert!(
+        elapsed_ms <= 2 * dirty * 1000 / RATE,
+        "far slower than the cap: {elapsed_ms} ms"
+    );
+    assert_eq!(p.disk[0], p.disk[1]);
 }
