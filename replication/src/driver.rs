@@ -532,7 +532,8 @@ impl Driver {
             "attached"
         );
         let mut rcfg = cfg.replica.clone();
-        rcfg.al_extents_max = rcfg.al_extents_max.min(sb.al_extents_max).max(1);
+        // The hot-set size is a property of the metadata (create-md), not of the config.
+        rcfg.al_extents_max = sb.al_extents_max.max(2);
         let cfg = DriverConfig {
             replica: rcfg,
             ..cfg

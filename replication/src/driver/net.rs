@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -225,7 +225,6 @@ pub(super) async fn reader(
 ) {
     let mut dec = Decoder::new(DEFAULT_MAX_PAYLOAD_BYTES);
     dec.feed(&leftover);
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
         loop {
             match dec.next_message() {
@@ -246,7 +245,9 @@ pub(super) async fn reader(
                 }
             }
         }
-        match rd.read(&mut buf).await {
+        // Straight into the decoder's buffer: no copy, and a large payload gets one
+        // allocation of its size.
+        match rd.read_buf(dec.read_buffer(64 * 1024)).await {
             Ok(0) => {
                 let _ = events
                     .send(NetEvent::Down {
@@ -256,7 +257,7 @@ pub(super) async fn reader(
                     .await;
                 return;
             }
-            Ok(n) => dec.feed(&buf[..n]),
+            Ok(_) => {}
             Err(e) => {
                 let _ = events
                     .send(NetEvent::Down {
@@ -327,6 +328,38 @@ impl SendQueue {
 }
 
 /// Write queued messages to the peer until the queue is closed or the socket fails.
+/// Write every chunk, in order, with vectored writes.
+async fn write_chunks(
+    wr: &mut OwnedWriteHalf,
+    chunks: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !chunks.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks
+            .iter()
+            .take(64)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(front) = chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn writer(
     conn: u64,
     mut wr: OwnedWriteHalf,
@@ -335,29 +368,41 @@ pub(super) async fn writer(
 ) {
     const BATCH_BYTES: usize = 256 * 1024;
     let mut enc = Encoder::new();
-    let mut out = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    // Frames as a list of chunks: headers and small messages are encoded into `out`,
+    // the data of Data/RsData stays in its own buffer and goes out by vectored write.
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
     loop {
         let mut sent_cost = 0;
+        let mut batch = 0usize;
         let closing = {
             let mut g = lock(&q.q);
-            while out.len() < BATCH_BYTES {
+            while batch < BATCH_BYTES {
                 let Some(m) = g.prio.pop_front().or_else(|| g.bulk.pop_front()) else {
                     break;
                 };
                 sent_cost += cost(&m);
-                enc.encode(&m, &mut out);
+                if let Some(tail) = enc.encode_split(&m, &mut out) {
+                    batch += tail.len();
+                    chunks.push_back(out.split().freeze());
+                    chunks.push_back(tail);
+                }
+                batch += 64;
             }
             g.closing && g.prio.is_empty() && g.bulk.is_empty()
         };
-        if out.is_empty() {
+        if !out.is_empty() {
+            chunks.push_back(out.split().freeze());
+        }
+        if chunks.is_empty() {
             if closing {
                 break;
             }
             q.ready.notified().await;
             continue;
         }
-        let r = wr.write_all(&out).await;
-        out.clear();
+        let r = write_chunks(&mut wr, &mut chunks).await;
+        chunks.clear();
         q.queued_bytes.fetch_sub(sent_cost, Ordering::AcqRel);
         q.space.notify_one();
         if let Err(e) = r {
