@@ -71,6 +71,10 @@ pub struct ReplicatedSection {
     /// Both nodes may be Primary at once (protocol C only).
     #[serde(default)]
     pub allow_two_primaries: bool,
+    /// Each node promotes itself once, the first time it is connected with both disks
+    /// UpToDate (needs `allow_two_primaries`).
+    #[serde(default)]
+    pub become_primary_on_both: bool,
     /// `after-sb-0pri` policy.
     #[serde(default = "default_disconnect")]
     pub after_sb_0pri: String,
@@ -247,6 +251,7 @@ impl ReplicatedSection {
         c.connect_int_ms = self.connect_int_ms;
         c.handlers = self.handlers.clone();
         c.handler_timeout_ms = self.handler_timeout_ms;
+        c.become_primary_on_both = self.become_primary_on_both;
         Ok(c)
     }
 
@@ -364,6 +369,12 @@ pub fn validate(
                     "equals address (the peer is another node)".into(),
                 );
             }
+        }
+        if r.become_primary_on_both && !r.allow_two_primaries {
+            p(
+                format!("{key}.become_primary_on_both"),
+                "needs allow_two_primaries = true".into(),
+            );
         }
         if let Err(e) = r.protocol.parse::<Protocol>() {
             p(format!("{key}.protocol"), e.to_string());

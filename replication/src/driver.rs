@@ -91,6 +91,9 @@ pub struct DriverConfig {
     pub handlers: BTreeMap<String, String>,
     /// A handler still running after this long is killed (exit code -1).
     pub handler_timeout_ms: u64,
+    /// Promote this node by itself the first time it is connected with both disks
+    /// UpToDate (DRBD's `become-primary-on-both`; needs allow-two-primaries).
+    pub become_primary_on_both: bool,
 }
 
 impl DriverConfig {
@@ -113,6 +116,7 @@ impl DriverConfig {
             handshake_timeout_ms: 5000,
             handlers: BTreeMap::new(),
             handler_timeout_ms: 60_000,
+            become_primary_on_both: false,
         }
     }
 }

@@ -588,14 +588,17 @@ const DUAL_WRITES: u32 = 3000;
 #[test]
 fn dual_primary_overlapping_writes_end_identical() {
     let mut rng = Rng::from_env("dual_primary");
+    // become_primary_on_both: each node promotes itself once connected and in sync,
+    // no operator command.
     let opts = PairOptions {
-        extra: vec!["allow_two_primaries = true".into()],
+        extra: vec![
+            "allow_two_primaries = true".into(),
+            "become_primary_on_both = true".into(),
+        ],
         ..PairOptions::default()
     };
     let mut pair = Pair::loopback(&opts);
     pair.start_connected();
-    pair.a.repl_ok(&["primary", VOLUME]);
-    pair.b.repl_ok(&["primary", VOLUME]);
     for n in [&pair.a, &pair.b] {
         n.wait_for("Primary with a Primary peer", |s| {
             s.role() == "Primary" && s.str("peer_role") == Some("Primary") && s.in_sync()

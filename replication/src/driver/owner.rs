@@ -26,7 +26,7 @@ use crate::meta::{MetaError, MetaStore, Superblock};
 use crate::replica::{
     Action, AdminCmd, AdminError, AppError, Event, Handler, Input, Persisted, Replica,
 };
-use crate::types::{ConnState, Role};
+use crate::types::{ConnState, DiskState, Role};
 
 /// Handler runs kept for status.
 const HANDLER_HISTORY: usize = 16;
@@ -75,6 +75,9 @@ struct Conn {
     writer: JoinHandle<()>,
 }
 
+/// Admin id of the promotion `become_primary_on_both` issues (no caller waits for it).
+const AUTO_PROMOTE_ID: u64 = u64::MAX;
+
 pub(super) struct Owner {
     cfg: DriverConfig,
     replica: Replica,
@@ -96,6 +99,8 @@ pub(super) struct Owner {
     next_id: u64,
     app_waiters: HashMap<u64, oneshot::Sender<Result<(), AppError>>>,
     admin_waiters: HashMap<u64, oneshot::Sender<Result<(), AdminError>>>,
+    /// `become_primary_on_both` has acted.
+    auto_promoted: bool,
     disk_inflight: usize,
     last_connect_error: Option<(String, u64)>,
     handler_runs: VecDeque<HandlerRun>,
@@ -151,6 +156,7 @@ impl Owner {
             next_id: 1,
             app_waiters: HashMap::new(),
             admin_waiters: HashMap::new(),
+            auto_promoted: false,
             disk_inflight: 0,
             last_connect_error: None,
             handler_runs: VecDeque::new(),
@@ -271,6 +277,36 @@ impl Owner {
         self.replica.handle(now_ms(), i);
         // Published before the replies go out (a caller told "you are Primary" must
         // find the device readable).
+        self.publish();
+        self.drain().await;
+        self.publish();
+        self.maybe_become_primary().await;
+    }
+
+    /// `become_primary_on_both`: the first time this node is Connected with both disks
+    /// UpToDate after the volume started, it promotes itself (both nodes do; needs
+    /// allow-two-primaries). Once only: an operator's later `secondary` sticks.
+    async fn maybe_become_primary(&mut self) {
+        if !self.cfg.become_primary_on_both || self.auto_promoted || self.stopping {
+            return;
+        }
+        let st = self.replica.status();
+        let ready = st.role == Role::Secondary
+            && st.conn == ConnState::Connected
+            && st.disk == DiskState::UpToDate
+            && st.peer_disk == Some(DiskState::UpToDate);
+        if !ready {
+            return;
+        }
+        self.auto_promoted = true;
+        tracing::info!(volume = %self.cfg.name, "become-primary-on-both: promoting");
+        self.replica.handle(
+            now_ms(),
+            Input::Admin {
+                id: AUTO_PROMOTE_ID,
+                cmd: AdminCmd::Primary { force: false },
+            },
+        );
         self.publish();
         self.drain().await;
         self.publish();
