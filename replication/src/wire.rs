@@ -379,7 +379,9 @@ pub fn encode(seq: u64, msg: &Message, out: &mut BytesMut) {
 pub fn encode_frame(seq: u64, msg: &Message, payload_crc32c: bool, out: &mut BytesMut) {
     let start = out.len();
     out.put_bytes(0, HEADER_BYTES);
-    encode_payload(msg, out);
+    if let Some(data) = encode_payload_head(msg, out) {
+        out.put_slice(data);
+    }
     let mut payload_len = out.len() - start - HEADER_BYTES;
     if payload_crc32c {
         payload_len += CRC_BYTES;
@@ -441,7 +443,9 @@ fn protocol_code(p: Protocol) -> u8 {
     }
 }
 
-fn encode_payload(msg: &Message, out: &mut BytesMut) {
+/// Encode `msg`'s payload, except the data of `Data` and `RsData`, which is returned
+/// for the caller to append (or to send as a separate chunk).
+fn encode_payload_head<'m>(msg: &'m Message, out: &mut BytesMut) -> Option<&'m Bytes> {
     match msg {
         Message::Hello(h) => {
             out.put_u32_le(h.protocol_version);
@@ -497,7 +501,7 @@ fn encode_payload(msg: &Message, out: &mut BytesMut) {
             out.put_u64_le(*generation);
             out.put_u64_le(*offset_bytes);
             put_bool(out, *fua);
-            out.put_slice(data);
+            return Some(data);
         }
         Message::RecvAck { seq } | Message::WriteAck { seq } | Message::NegAck { seq } => {
             out.put_u64_le(*seq);
@@ -528,7 +532,7 @@ fn encode_payload(msg: &Message, out: &mut BytesMut) {
         } => {
             out.put_u64_le(*id);
             out.put_u64_le(*offset_bytes);
-            out.put_slice(data);
+            return Some(data);
         }
         Message::OvRequest {
             id,
@@ -557,6 +561,7 @@ fn encode_payload(msg: &Message, out: &mut BytesMut) {
         | Message::Ping
         | Message::PingAck => {}
     }
+    None
 }
 
 /// Reads fields off a payload; every read is bounds-checked.
@@ -945,29 +950,7 @@ impl Encoder {
         };
         let start = out.len();
         out.put_bytes(0, HEADER_BYTES);
-        match msg {
-            Message::Data {
-                seq,
-                peer_seq_seen,
-                generation,
-                offset_bytes,
-                fua,
-                ..
-            } => {
-                out.put_u64_le(*seq);
-                out.put_u64_le(*peer_seq_seen);
-                out.put_u64_le(*generation);
-                out.put_u64_le(*offset_bytes);
-                put_bool(out, *fua);
-            }
-            Message::RsData {
-                id, offset_bytes, ..
-            } => {
-                out.put_u64_le(*id);
-                out.put_u64_le(*offset_bytes);
-            }
-            _ => {}
-        }
+        let _ = encode_payload_head(msg, out);
         let payload_len = out.len() - start - HEADER_BYTES + data.len();
         let header = FrameHeader {
             msg_type: type_of(msg),
