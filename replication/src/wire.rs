@@ -386,21 +386,36 @@ pub fn encode_frame(seq: u64, msg: &Message, payload_crc32c: bool, out: &mut Byt
     if payload_crc32c {
         payload_len += CRC_BYTES;
     }
-    let header = FrameHeader {
-        msg_type: type_of(msg),
-        flags: if payload_crc32c {
-            FLAG_PAYLOAD_CRC32C
-        } else {
-            0
-        },
-        seq,
-        payload_len: u32::try_from(payload_len).expect("replication frame payload over 4 GiB"),
+    let flags = if payload_crc32c {
+        FLAG_PAYLOAD_CRC32C
+    } else {
+        0
     };
-    out[start..start + HEADER_BYTES].copy_from_slice(header.to_raw().as_bytes());
+    fill_header(out, start, msg, flags, seq, payload_len);
     if payload_crc32c {
         let crc = crc32c::crc32c(&out[start..]);
         out.put_u32_le(crc);
     }
+}
+
+/// Write the header of the frame starting at `out[start]` (its 24 bytes reserved).
+/// Panics only for a payload over 4 GiB, which no message this process builds has
+/// (application and resync data are at most 1 MiB per message).
+fn fill_header(
+    out: &mut BytesMut,
+    start: usize,
+    msg: &Message,
+    flags: u16,
+    seq: u64,
+    payload_len: usize,
+) {
+    let header = FrameHeader {
+        msg_type: type_of(msg),
+        flags,
+        seq,
+        payload_len: u32::try_from(payload_len).expect("replication frame payload over 4 GiB"),
+    };
+    out[start..start + HEADER_BYTES].copy_from_slice(header.to_raw().as_bytes());
 }
 
 fn put_bool(out: &mut BytesMut, b: bool) {
@@ -952,13 +967,7 @@ impl Encoder {
         out.put_bytes(0, HEADER_BYTES);
         let _ = encode_payload_head(msg, out);
         let payload_len = out.len() - start - HEADER_BYTES + data.len();
-        let header = FrameHeader {
-            msg_type: type_of(msg),
-            flags: 0,
-            seq: self.next_seq,
-            payload_len: u32::try_from(payload_len).expect("replication frame payload over 4 GiB"),
-        };
-        out[start..start + HEADER_BYTES].copy_from_slice(header.to_raw().as_bytes());
+        fill_header(out, start, msg, 0, self.next_seq, payload_len);
         self.next_seq = self.next_seq.wrapping_add(1);
         Some(data)
     }
