@@ -1,5 +1,15 @@
-//! Resource agents driven by the HA manager: replicated volume, iSCSI target, portal IP,
-//! external OCF agents, fence agents.
+//! Resource and fence agents driven by the HA manager (blocking calls; the manager runs
+//! them off its owner task).
 //!
-//! Not implemented yet: this crate is a placeholder for the HA issue; see README
-//! "Not implemented yet".
+//! Owns: how a portal IP is added, announced and removed ([`vip`]), how a peer is fenced
+//! ([`fence`]: fence-agents programs over their stdin protocol, built-in `process` and
+//! `ssh` agents), how external OCF resource agents are run ([`ocf`]), and the one
+//! bounded child-process runner both use ([`exec`]).
+//!
+//! May not touch: cluster state, quorum or the decision of when to call an agent — that
+//! is the HA manager's (appliance `ha` module).
+
+pub mod exec;
+pub mod fence;
+pub mod ocf;
+pub mod vip;

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     /// `[[replicated]]`: replicated volumes (DRBD-like) a LUN can sit on.
     #[serde(default, rename = "replicated")]
     pub replicated: Vec<crate::replicated::ReplicatedSection>,
+    /// `[cluster]`: the HA manager (absent: a node driven by hand).
+    pub cluster: Option<crate::ha::ClusterSection>,
 }
 
 /// `[node]`.
@@ -596,6 +598,9 @@ pub fn validate(cfg: &NodeConfig, file: &Path) -> Vec<Problem> {
     let mut paths: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut repl_users: BTreeMap<String, String> = BTreeMap::new();
     crate::replicated::validate(cfg, &mut p, &mut paths);
+    if let Some(c) = &cfg.cluster {
+        crate::ha::validate(c, &mut p);
+    }
     for (i, t) in cfg.targets.iter().enumerate() {
         let key = format!("target[{i}]");
         if let Err(e) = valid_iscsi_name(&t.iqn) {

@@ -55,6 +55,10 @@ pub struct Context {
     pub alua: Targets,
     /// Every replicated volume's owner task.
     pub replicated: Vec<twinsan_replication::driver::Handle>,
+    /// The HA manager, when `[cluster]` is configured.
+    pub ha: Option<crate::ha::runtime::HaHandle>,
+    /// The iSCSI server (sessions for status).
+    pub server: Option<Arc<twinsan_iscsi::Server>>,
 }
 
 /// An operator verb on one replicated volume (modelled on drbdadm).
@@ -204,6 +208,81 @@ pub enum Request {
         /// The volume.
         name: String,
     },
+    /// The HA manager's view as one JSON line.
+    HaStatus,
+    /// An HA operator command.
+    Ha(HaVerb),
+    /// Logged-in iSCSI sessions as one JSON line.
+    Sessions,
+    /// A replicated volume's fence-peer handler: may this head write alone? Answers
+    /// `ok` and one line `EXIT_CODE reason`.
+    HaResolvePeer,
+}
+
+/// An HA operator command (Pacemaker's crm_resource/crm_node verbs for the one service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaVerb {
+    /// Move the service to this head.
+    Move,
+    /// Move the service away from this head.
+    MoveAway,
+    /// Forget the move.
+    Unmove,
+    /// This head runs nothing.
+    Standby,
+    /// Leave standby.
+    Online,
+    /// Reset failcounts / a blocked state.
+    Cleanup,
+    /// Maintenance mode on/off.
+    Maintenance(bool),
+}
+
+impl HaVerb {
+    fn words(&self) -> &'static str {
+        match self {
+            HaVerb::Move => "move",
+            HaVerb::MoveAway => "move away",
+            HaVerb::Unmove => "unmove",
+            HaVerb::Standby => "standby",
+            HaVerb::Online => "online",
+            HaVerb::Cleanup => "cleanup",
+            HaVerb::Maintenance(true) => "maintenance on",
+            HaVerb::Maintenance(false) => "maintenance off",
+        }
+    }
+
+    fn admin(&self) -> twinsan_ha::manager::AdminCmd {
+        use twinsan_ha::manager::AdminCmd;
+        match *self {
+            HaVerb::Move => AdminCmd::Move { here: true },
+            HaVerb::MoveAway => AdminCmd::Move { here: false },
+            HaVerb::Unmove => AdminCmd::Unmove,
+            HaVerb::Standby => AdminCmd::Standby,
+            HaVerb::Online => AdminCmd::Online,
+            HaVerb::Cleanup => AdminCmd::Cleanup,
+            HaVerb::Maintenance(on) => AdminCmd::Maintenance(on),
+        }
+    }
+}
+
+const HA_USAGE: &str = "usage: ha status | ha move [away] | ha unmove | ha standby | ha online | \
+     ha cleanup | ha maintenance on|off | ha fence-peer";
+
+fn parse_ha(words: &[&str]) -> Result<Request, String> {
+    Ok(match words {
+        ["status"] => Request::HaStatus,
+        ["move"] => Request::Ha(HaVerb::Move),
+        ["move", "away"] => Request::Ha(HaVerb::MoveAway),
+        ["unmove"] => Request::Ha(HaVerb::Unmove),
+        ["standby"] => Request::Ha(HaVerb::Standby),
+        ["online"] => Request::Ha(HaVerb::Online),
+        ["cleanup"] => Request::Ha(HaVerb::Cleanup),
+        ["maintenance", "on"] => Request::Ha(HaVerb::Maintenance(true)),
+        ["maintenance", "off"] => Request::Ha(HaVerb::Maintenance(false)),
+        ["fence-peer"] => Request::HaResolvePeer,
+        _ => return Err(HA_USAGE.into()),
+    })
 }
 
 impl Request {
@@ -238,7 +317,11 @@ impl Request {
             ["alua", "show", ..] => Err("usage: alua show [TARGET]".into()),
             ["alua", other, ..] => Err(format!("unknown alua command {other:?} (show, set)")),
             ["repl", rest @ ..] => parse_repl(rest),
-            [other, ..] => Err(format!("unknown command {other:?} (ping, alua, repl)")),
+            ["ha", rest @ ..] => parse_ha(rest),
+            ["sessions"] => Ok(Request::Sessions),
+            [other, ..] => Err(format!(
+                "unknown command {other:?} (ping, alua, repl, ha, sessions)"
+            )),
         }
     }
 
@@ -272,6 +355,10 @@ impl Request {
                 (v, None) => format!("repl {v} {name}\n"),
                 (v, Some(o)) => format!("repl {v} {name} {o}\n"),
             },
+            Request::HaStatus => "ha status\n".into(),
+            Request::Ha(v) => format!("ha {}\n", v.words()),
+            Request::Sessions => "sessions\n".into(),
+            Request::HaResolvePeer => "ha fence-peer\n".into(),
         }
     }
 }
@@ -381,6 +468,48 @@ pub async fn handle_async(line: &str, ctx: &Context) -> Response {
             h.admin(verb.admin()).await.map_err(|e| e.to_string())?;
             Ok(Vec::new())
         }
+        Request::HaStatus => match &ctx.ha {
+            None => Err("this node has no [cluster] section (no HA manager)".into()),
+            Some(h) => Ok(vec![
+                serde_json::to_string(&*h.snapshot()).map_err(|e| e.to_string())?
+            ]),
+        },
+        Request::Ha(verb) => match &ctx.ha {
+            None => Err("this node has no [cluster] section (no HA manager)".into()),
+            Some(h) => {
+                tracing::info!(verb = verb.words(), "HA command through the control socket");
+                h.admin(verb.admin()).await?;
+                Ok(Vec::new())
+            }
+        },
+        Request::HaResolvePeer => match &ctx.ha {
+            None => Err("this node has no [cluster] section (no HA manager)".into()),
+            Some(h) => {
+                let (code, why) = h.resolve_peer().await;
+                Ok(vec![format!("{code} {why}")])
+            }
+        },
+        Request::Sessions => {
+            let sessions = ctx
+                .server
+                .as_ref()
+                .map(|s| s.status().sessions)
+                .unwrap_or_default();
+            let v: Vec<serde_json::Value> = sessions
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "initiator": s.initiator_name,
+                        "isid": s.isid,
+                        "tsih": s.tsih,
+                        "target": s.target,
+                        "discovery": s.discovery,
+                        "peer": s.peer.to_string(),
+                    })
+                })
+                .collect();
+            Ok(vec![serde_json::Value::Array(v).to_string()])
+        }
         _ => handle(line, &ctx.alua),
     }
 }
@@ -389,9 +518,12 @@ pub async fn handle_async(line: &str, ctx: &Context) -> Response {
 /// requests need [`handle_async`]).
 pub fn handle(line: &str, targets: &Targets) -> Response {
     match Request::parse(line)? {
-        Request::ReplStatus { .. } | Request::Repl { .. } => {
-            Err("replicated volumes are not served here".into())
-        }
+        Request::ReplStatus { .. }
+        | Request::Repl { .. }
+        | Request::HaStatus
+        | Request::Ha(_)
+        | Request::Sessions
+        | Request::HaResolvePeer => Err("not served here".into()),
         Request::Ping => Ok(vec!["pong".into()]),
         Request::AluaShow { target } => {
             let mut out = Vec::new();
@@ -815,7 +947,7 @@ mod tests {
             .unwrap();
         let ctx = Arc::new(Context {
             alua: targets(),
-            replicated: Vec::new(),
+            ..Context::default()
         });
         let t = &ctx.alua;
         rt.block_on(async {

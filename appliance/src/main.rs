@@ -5,9 +5,12 @@
 
 mod config;
 mod control;
+mod demo;
+mod ha;
 mod node;
 mod replicated;
 mod secrets;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,12 +73,148 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the embedded demo: a 1 GiB sparse LUN served on 127.0.0.1:3260.
-    ///
-    /// Prints the commands to try it with libiscsi (iscsi-ls, iscsi-inq) and qemu-img.
-    /// Stop it with Ctrl-C. The backing file is created in --dir (default: a new
-    /// directory under $TMPDIR, removed on exit).
-    Demo {
+    /// The embedded default: a complete two-head appliance on this machine (`up`,
+    /// `status`, `down`), or a single local LUN (`single`).
+    #[command(subcommand)]
+    Demo(DemoCommand),
+    /// Run a witness: the third vote of a two-head cluster (any third machine).
+    Witness {
+        /// Cluster name (as in the heads' `[cluster] name`).
+        #[arg(long)]
+        cluster: String,
+        /// The two heads' node ids, e.g. `1,2`.
+        #[arg(long)]
+        nodes: String,
+        /// UDP address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The cluster secret file (mode 0600).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// Directory for the persisted boot counter.
+        #[arg(long, default_value = "/var/lib/twinsan/witness")]
+        state_dir: PathBuf,
+    },
+    /// One view of a running head across layers: HA (nodes, links, quorum, service,
+    /// fencing, events), replicated volumes, targets and sessions, portal IPs.
+    Status {
+        /// The head's control socket.
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Or its configuration file (the control socket is found from it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One JSON object (keys in the README).
+        #[arg(long)]
+        json: bool,
+        /// Repeat every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// HA operator commands against a running head (Pacemaker's move/standby/cleanup
+    /// for the appliance's one service).
+    Ha {
+        #[command(subcommand)]
+        cmd: HaCommand,
+        /// The head's control socket.
+        #[arg(long, global = true)]
+        control: Option<PathBuf>,
+        /// Or its configuration file.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HaCommand {
+    /// Move the service to this head (or away from it with --away).
+    Move {
+        /// Away from this head instead.
+        #[arg(long)]
+        away: bool,
+    },
+    /// Forget a move.
+    Unmove,
+    /// This head runs nothing (the service moves to the peer).
+    Standby,
+    /// Leave standby.
+    Online,
+    /// Reset failcounts and a blocked state.
+    Cleanup,
+    /// Maintenance mode: the managers watch but do not act.
+    Maintenance {
+        /// on | off.
+        state: String,
+    },
+    /// The `fence-peer` handler of a replicated volume under the HA manager (set it as
+    /// `handlers.fence-peer` with `fencing = "resource-and-stonith"`): exits 7 when the
+    /// peer is fenced or cannot hold quorum (I/O resumes), 1 otherwise (I/O stays
+    /// frozen).
+    FencePeer,
+}
+
+#[derive(Subcommand, Debug)]
+enum DemoCommand {
+    /// Build and start the two-head demo appliance (as root): namespaces, bridge,
+    /// sparse disks, configs, both heads and a witness; waits until the volume is
+    /// UpToDate and the portal IP answers, then prints client commands.
+    Up {
+        /// Directory for configs, disks, logs.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Size of the replicated volume.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+        /// Name (prefixes the namespaces; lets several demos coexist).
+        #[arg(long, default_value = "twinsan")]
+        name: String,
+        /// No witness (partitions are then decided by fencing alone).
+        #[arg(long)]
+        no_witness: bool,
+        /// Heartbeat dead time.
+        #[arg(long, default_value_t = 600)]
+        dead_time_ms: u64,
+        /// Take over without fencing when the witness settled a partition (then the
+        /// losing head demotes itself; a crashed head's portal IP is not removed).
+        #[arg(long)]
+        no_fence_with_witness: bool,
+    },
+    /// Show the demo: each head's PID, namespace, service and volume state.
+    Status {
+        /// Directory given to `up`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Name given to `up`.
+        #[arg(long, default_value = "twinsan")]
+        name: String,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a fenced or killed head back: links up, its twinsan started again; it
+    /// rejoins as the passive head and resyncs.
+    Revive {
+        /// a or b.
+        head: String,
+        /// Directory given to `up`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Name given to `up`.
+        #[arg(long, default_value = "twinsan")]
+        name: String,
+    },
+    /// Remove everything `up` created (also after a crash; idempotent).
+    Down {
+        /// Directory given to `up`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Name given to `up`.
+        #[arg(long, default_value = "twinsan")]
+        name: String,
+    },
+    /// A single local LUN (1 GiB sparse) on 127.0.0.1:3260, no replication, in the
+    /// foreground. Prints libiscsi and qemu-img commands; Ctrl-C stops it.
+    Single {
         /// Directory for the backing file (kept on exit when given).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -699,6 +838,221 @@ fn repl_command(cmd: ReplCommand) -> ExitCode {
     }
 }
 
+fn demo_dir(dir: Option<PathBuf>, name: &str) -> PathBuf {
+    dir.unwrap_or_else(|| {
+        if name == "twinsan" {
+            PathBuf::from("/var/tmp/twinsan-demo")
+        } else {
+            PathBuf::from(format!("/var/tmp/twinsan-demo-{name}"))
+        }
+    })
+}
+
+/// `twinsan demo up|status|down`.
+fn demo_command(cmd: DemoCommand) -> ExitCode {
+    let r: anyhow::Result<()> = match cmd {
+        DemoCommand::Up {
+            dir,
+            size,
+            name,
+            no_witness,
+            dead_time_ms,
+            no_fence_with_witness,
+        } => {
+            let o = demo::UpOptions {
+                dir: demo_dir(dir, &name),
+                size,
+                name,
+                witness: !no_witness,
+                dead_time_ms,
+                fence_with_witness: !no_fence_with_witness,
+            };
+            demo::up(&o).map(|s| print!("{}", demo::banner(&s)))
+        }
+        DemoCommand::Status { dir, name, json } => {
+            demo::read_state(&demo_dir(dir, &name)).map(|s| {
+                let v = demo::status_json(&s);
+                if json {
+                    println!("{v}");
+                } else {
+                    print!("{}", demo::status_text(&v));
+                }
+            })
+        }
+        DemoCommand::Down { dir, name } => demo::down(&name, &demo_dir(dir, &name)).map(|done| {
+            if done.is_empty() {
+                println!("nothing to remove (demo {name:?} is down)");
+            }
+            for d in done {
+                println!("{d}");
+            }
+        }),
+        DemoCommand::Revive { head, dir, name } => {
+            demo::revive(&demo_dir(dir, &name), &head).map(|pid| {
+                println!("head {head} started again (pid {pid}); it rejoins as the passive head")
+            })
+        }
+        DemoCommand::Single { .. } => unreachable!("handled in main"),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twinsan: demo: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn witness(
+    cluster: &str,
+    nodes: &str,
+    listen: std::net::SocketAddr,
+    secret_file: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let ids: Vec<u8> = nodes
+        .split(',')
+        .map(|x| x.trim().parse::<u8>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--nodes {nodes:?}: the two heads' ids, e.g. 1,2"))?;
+    let [a, b] = ids[..] else {
+        anyhow::bail!("--nodes {nodes:?}: the two heads' ids, e.g. 1,2");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            s2.cancel();
+        });
+        ha::witness::run(cluster, [a, b], listen, secret_file, state_dir, stop).await
+    })
+}
+
+fn control_for(control: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match (control, config) {
+        (Some(c), _) => Ok(c),
+        (None, Some(f)) => resolve_control(&NodeArg {
+            control: None,
+            config: Some(f),
+        }),
+        (None, None) => anyhow::bail!("give --control SOCKET or --config FILE of the running head"),
+    }
+}
+
+/// `twinsan ha ...`. Exit 0 on success, 1 when refused, 2 when unreachable.
+fn ha_command(cmd: HaCommand, control: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    use control::{HaVerb, Request};
+    if let HaCommand::FencePeer = cmd {
+        let path = match control_for(control, config) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("twinsan: error: {e:#}");
+                return ExitCode::from(1);
+            }
+        };
+        return match control::request(&path, &Request::HaResolvePeer) {
+            Ok(Ok(lines)) => {
+                let line = lines.first().cloned().unwrap_or_default();
+                let (code, why) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                eprintln!("twinsan ha fence-peer: {why}");
+                ExitCode::from(code.parse::<u8>().unwrap_or(1))
+            }
+            Ok(Err(e)) => {
+                eprintln!("twinsan ha fence-peer: {e}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("twinsan ha fence-peer: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let verb = match cmd {
+        HaCommand::FencePeer => unreachable!("answered above"),
+        HaCommand::Move { away: false } => HaVerb::Move,
+        HaCommand::Move { away: true } => HaVerb::MoveAway,
+        HaCommand::Unmove => HaVerb::Unmove,
+        HaCommand::Standby => HaVerb::Standby,
+        HaCommand::Online => HaVerb::Online,
+        HaCommand::Cleanup => HaVerb::Cleanup,
+        HaCommand::Maintenance { state } => match state.as_str() {
+            "on" => HaVerb::Maintenance(true),
+            "off" => HaVerb::Maintenance(false),
+            other => {
+                eprintln!("twinsan: ha maintenance: {other:?}: expected on or off");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let path = match control_for(control, config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twinsan: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match control::request(&path, &Request::Ha(verb)) {
+        Ok(Ok(_)) => ExitCode::SUCCESS,
+        Ok(Err(reason)) => {
+            eprintln!("twinsan: {}: {reason}", path.display());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("twinsan: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `twinsan status`: one JSON object or text, from the head's control socket.
+fn status_command(
+    control: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    watch: bool,
+) -> ExitCode {
+    let path = match control_for(control, config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("twinsan: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    loop {
+        match status::collect(&path) {
+            Ok(v) => {
+                if json {
+                    println!("{v}");
+                } else {
+                    if watch {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print!("{}", status::text(&v));
+                }
+            }
+            Err(e) => {
+                eprintln!("twinsan: error: {e:#}");
+                if !watch {
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        if !watch {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
@@ -748,7 +1102,26 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Demo { dir, size, listen } => demo(dir, size, listen),
+        Command::Demo(DemoCommand::Single { dir, size, listen }) => demo(dir, size, listen),
+        Command::Demo(cmd) => return demo_command(cmd),
+        Command::Witness {
+            cluster,
+            nodes,
+            listen,
+            secret_file,
+            state_dir,
+        } => witness(&cluster, &nodes, listen, &secret_file, &state_dir),
+        Command::Status {
+            control,
+            config,
+            json,
+            watch,
+        } => return status_command(control, config, json, watch),
+        Command::Ha {
+            cmd,
+            control,
+            config,
+        } => return ha_command(cmd, control, config),
         Command::Alua(cmd) => return alua_command(cmd),
         Command::Repl(cmd) => return repl_command(cmd),
     };

@@ -277,17 +277,44 @@ async fn serve(
             }
         },
     };
+    let server = Server::new(sc);
+    let volumes: Vec<_> = drivers.iter().map(|d| d.handle.clone()).collect();
+    // With [cluster], the HA manager decides which head serves: every target starts in
+    // ALUA standby (passive) and the manager promotes, activates and adds the portal
+    // IPs on the head it picks.
+    let ha_stop = CancellationToken::new();
+    let (ha, ha_task) = match &cfg.cluster {
+        None => (None, None),
+        Some(c) => {
+            let res = Arc::new(crate::ha::resources::Resources::new(
+                c,
+                volumes.clone(),
+                alua.clone(),
+                server.clone(),
+            )?);
+            if !res.any_primary() {
+                res.set_alua(twinsan_scsi::AccessState::Standby);
+            }
+            let (h, t) = crate::ha::runtime::start(c, res, ha_stop.clone()).await?;
+            (Some(h), Some(t))
+        }
+    };
     let ctx = Arc::new(control::Context {
         alua,
-        replicated: drivers.iter().map(|d| d.handle.clone()).collect(),
+        replicated: volumes,
+        ha,
+        server: Some(server.clone()),
     });
     let control_task = control.map(|c| tokio::spawn(c.serve(ctx, shutdown.clone())));
-    let server = Server::new(sc);
     let res = server
         .run(listeners, shutdown.clone())
         .await
         .context("iSCSI server failed");
     shutdown.cancel();
+    ha_stop.cancel();
+    if let Some(t) = ha_task {
+        let _ = t.await;
+    }
     if let Some(t) = control_task {
         let _ = t.await;
     }

@@ -329,6 +329,8 @@ pub struct Server {
     listeners: Mutex<Vec<(SocketAddr, u16)>>,
     next_nexus_id: AtomicU64,
     mailboxes: Arc<Mailboxes>,
+    /// Bumped by [`Server::drop_connections`]; every connection task watches it.
+    kick: tokio::sync::watch::Sender<u64>,
 }
 
 fn isid_hex(isid: &[u8; 6]) -> String {
@@ -376,6 +378,7 @@ impl Server {
             listeners: Mutex::new(Vec::new()),
             next_nexus_id: AtomicU64::new(1),
             mailboxes,
+            kick: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -391,6 +394,14 @@ impl Server {
             reg.sessions.values().map(|e| e.status.clone()).collect();
         sessions.sort_by_key(|s| s.tsih);
         ServerStatus { sessions }
+    }
+
+    /// Close every connection at once, without a logout exchange (the HA manager does
+    /// this when the service leaves this head: initiators reconnect to the portal IP's
+    /// new holder and reissue what was not answered). Commands already executing finish
+    /// on the device; their responses are not sent.
+    pub fn drop_connections(&self) {
+        self.kick.send_modify(|g| *g += 1);
     }
 
     fn offer(&self) -> TargetOffer {
@@ -646,16 +657,21 @@ impl Server {
             digests: conn.digests(),
             max_recv_data_segment_len: conn.max_recv_data_segment_len(),
         };
-        let res = self
-            .full_feature(
+        let mut kick = self.kick.subscribe();
+        let res = tokio::select! {
+            r = self.full_feature(
                 &mut stream,
                 &mut decoder,
                 &mut conn,
                 mailbox.as_deref(),
                 &cancel,
                 &shutdown,
-            )
-            .await;
+            ) => r,
+            _ = kick.changed() => {
+                tracing::info!(%peer, "connection closed: the service left this head");
+                Ok(())
+            }
+        };
         self.mailboxes.remove(nexus.id);
         conn.abort_all();
         if let Some(e) = &engine {

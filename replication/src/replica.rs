@@ -216,6 +216,12 @@ pub enum AdminCmd {
     Outdate,
     /// Resume application I/O frozen by `resource-and-stonith` fencing.
     ResumeIo,
+    /// Give up application I/O frozen by `resource-and-stonith` fencing: every held
+    /// write and every write whose peer acknowledgement was outstanding when the link
+    /// was lost completes with an I/O error (none is reported as written), and I/O
+    /// unfreezes. The HA manager does this on a head that lost the cluster, after
+    /// closing its initiators' connections, before demoting it.
+    DropFrozenIo,
     /// Orderly shutdown: persist everything and mark the metadata clean.
     Down,
 }
@@ -802,6 +808,11 @@ pub struct Replica {
     app_flushes: HashMap<u64, AppFlush>,
     /// Writes held while I/O is frozen or a handshake runs.
     frozen_queue: VecDeque<Input>,
+    /// Peer parts (`(is_flush, app id)`) of writes and flushes in flight when the link
+    /// was lost under `resource-and-stonith`: completed only when I/O unfreezes (a
+    /// write is acknowledged only once the peer is known fenced), failed by
+    /// [`AdminCmd::DropFrozenIo`].
+    frozen_peer_parts: Vec<(bool, u64)>,
     /// When the last application write arrived (dynamic resync throttling).
     last_app_write_ms: Option<u64>,
     /// Resync progress since the bitmap was last persisted.
@@ -865,6 +876,7 @@ impl Replica {
             app_writes: HashMap::new(),
             app_flushes: HashMap::new(),
             frozen_queue: VecDeque::new(),
+            frozen_peer_parts: Vec::new(),
             last_app_write_ms: None,
             resync_unpersisted_bytes: 0,
             counters: Counters::default(),

@@ -4,7 +4,8 @@
 //! Owns: the HA datagram formats ([`wire`]), membership over several heartbeat links
 //! ([`membership`]), the two-node quorum decision with wait-for-all, `no-quorum-policy`
 //! and the witness client ([`quorum`]), the witness itself ([`witness`]), and
-//! [`node::HaNode`], which runs membership and quorum together for one node.
+//! [`node::HaNode`], which runs membership and quorum together for one node, and the
+//! manager's decisions ([`manager`]: which head runs the service, fencing first).
 //!
 //! May not touch: sockets, clocks, threads, randomness, files, resources. The drivers
 //! (UDP sockets, timers, persisting the boot counter) and the HA manager (fencing,
@@ -12,6 +13,7 @@
 //! `handle(now_ms, input)`, then `poll_action()` until `None`, then sleep until
 //! `next_timeout_ms()` or the next datagram.
 
+pub mod manager;
 pub mod membership;
 pub mod node;
 pub mod quorum;

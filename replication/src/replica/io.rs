@@ -732,6 +732,10 @@ impl Replica {
                 self.unfreeze();
                 Ok(())
             }
+            AdminCmd::DropFrozenIo => {
+                self.drop_frozen_io();
+                Ok(())
+            }
             AdminCmd::Down => {
                 if !self.idle() {
                     return err("application I/O in progress".into());
@@ -766,7 +770,43 @@ impl Replica {
         }
         self.frozen = false;
         self.emit(Action::Event(Event::IoFrozen { frozen: false }));
+        // The peer is fenced: what it never confirmed is now safely this node's alone.
+        for (is_flush, app) in std::mem::take(&mut self.frozen_peer_parts) {
+            if is_flush {
+                self.peer_flush_done(app);
+            } else {
+                self.peer_part_done(app);
+            }
+        }
         self.release_held();
+    }
+
+    /// [`AdminCmd::DropFrozenIo`].
+    fn drop_frozen_io(&mut self) {
+        if !self.frozen {
+            return;
+        }
+        for i in std::mem::take(&mut self.frozen_queue) {
+            if let Input::Write { id, .. } = i {
+                self.complete(id, Err(AppError::Io));
+            }
+        }
+        for (is_flush, app) in std::mem::take(&mut self.frozen_peer_parts) {
+            if is_flush {
+                if let Some(f) = self.app_flushes.get_mut(&app) {
+                    f.failed = true;
+                }
+                self.peer_flush_done(app);
+            } else {
+                if let Some(w) = self.app_writes.get_mut(&app) {
+                    // Written here, never confirmed by the peer: report it failed.
+                    w.local_failed = true;
+                }
+                self.peer_part_done(app);
+            }
+        }
+        self.frozen = false;
+        self.emit(Action::Event(Event::IoFrozen { frozen: false }));
     }
 
     /// A handshake is in progress on the link.

@@ -55,6 +55,14 @@ impl Replica {
         self.emit(Action::Close { conn: l.conn });
         let was_established = l.phase == Phase::Established;
         let peer_was_usable = matches!(l.peer_disk, DiskState::UpToDate | DiskState::Consistent);
+        let fence = was_established
+            && self.role == Role::Primary
+            && peer_was_usable
+            && self.cfg.fencing != Fencing::DontCare
+            && !by_admin;
+        // Under resource-and-stonith nothing the peer has not confirmed is acknowledged
+        // until the peer is known fenced (DRBD suspends I/O the same way).
+        let freeze = fence && self.cfg.fencing == Fencing::ResourceAndStonith;
         // Writes the peer has not acknowledged, and acknowledged ones it has not yet
         // flushed, may be missing there: mark them out of sync.
         let unacked = std::mem::take(&mut l.unacked);
@@ -62,7 +70,11 @@ impl Replica {
             self.bitmap.set_range_bytes(u.offset, u.data.len() as u64);
             self.hot.release(u.extents.0, u.extents.1);
             if let Some(app) = u.app {
-                self.peer_part_done(app);
+                if freeze {
+                    self.frozen_peer_parts.push((false, app));
+                } else {
+                    self.peer_part_done(app);
+                }
             }
         }
         for (off, len) in l.epoch.drain(..) {
@@ -70,7 +82,11 @@ impl Replica {
         }
         for (_, (app, _)) in l.flushes.drain() {
             if let Some(app) = app {
-                self.peer_flush_done(app);
+                if freeze {
+                    self.frozen_peer_parts.push((true, app));
+                } else {
+                    self.peer_flush_done(app);
+                }
             }
         }
         let link = l.id;
@@ -107,13 +123,8 @@ impl Replica {
         if self.conn != ConnState::SplitBrain {
             self.set_conn(next);
         }
-        if was_established
-            && self.role == Role::Primary
-            && peer_was_usable
-            && self.cfg.fencing != Fencing::DontCare
-            && !by_admin
-        {
-            if self.cfg.fencing == Fencing::ResourceAndStonith && !self.frozen {
+        if fence {
+            if freeze && !self.frozen {
                 self.frozen = true;
                 self.emit(Action::Event(Event::IoFrozen { frozen: true }));
             }

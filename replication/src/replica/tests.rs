@@ -414,3 +414,67 @@ fn resync_rate_cap_holds_in_virtual_time() {
     );
     assert_eq!(p.disk[0], p.disk[1]);
 }
+
+fn frozen_pair() -> Pair {
+    let mut p = Pair::with(Protocol::C, false, |c| {
+        c.fencing = Fencing::ResourceAndStonith;
+    });
+    p.input(
+        0,
+        Input::Admin {
+            id: 0,
+            cmd: AdminCmd::Primary { force: false },
+        },
+    );
+    p.run();
+    // A write in flight (sent, not acknowledged) when the link is lost, then one
+    // more while frozen.
+    p.hold_net = true;
+    p.write(0, 7, 4096, 0xAB, 4096);
+    p.input(0, Input::LinkDown { conn: 1 });
+    p.net.clear();
+    p.write(0, 8, 8192, 0xCD, 4096);
+    p
+}
+
+#[test]
+fn resource_and_stonith_acknowledges_nothing_unconfirmed_until_the_peer_is_fenced() {
+    let mut p = frozen_pair();
+    assert!(p.r[0].status().io_frozen);
+    assert!(!p.done.contains_key(&7), "acknowledged before the fence");
+    assert!(!p.done.contains_key(&8));
+    // fence-peer says the peer was STONITHed (exit 7): both complete.
+    p.input(
+        0,
+        Input::HandlerDone {
+            handler: Handler::FencePeer,
+            exit_code: 7,
+        },
+    );
+    assert_eq!(p.done.get(&7), Some(&Ok(())));
+    assert_eq!(p.done.get(&8), Some(&Ok(())));
+    assert!(!p.r[0].status().io_frozen);
+}
+
+#[test]
+fn dropping_frozen_io_fails_every_unconfirmed_write_and_allows_demotion() {
+    let mut p = frozen_pair();
+    p.input(
+        0,
+        Input::Admin {
+            id: 0,
+            cmd: AdminCmd::DropFrozenIo,
+        },
+    );
+    assert_eq!(p.done.get(&7), Some(&Err(AppError::Io)));
+    assert_eq!(p.done.get(&8), Some(&Err(AppError::Io)));
+    assert!(!p.r[0].status().io_frozen);
+    p.input(
+        0,
+        Input::Admin {
+            id: 0,
+            cmd: AdminCmd::Secondary,
+        },
+    );
+    assert_eq!(p.r[0].status().role, Role::Secondary);
+}

@@ -1,0 +1,467 @@
+//! The HA manager of a head: the `[cluster]` configuration section, its validation,
+//! and the runtime that drives `twinsan-ha`'s sans-IO membership, quorum and manager
+//! over UDP and applies the manager's decisions to this head's resources.
+//!
+//! Owns: `[cluster]` parsing/validation ([`ClusterSection`]), the persisted boot
+//! counter, the HA owner task ([`runtime`]), the start/stop/monitor sequences over the
+//! resources ([`resources`]) and the `twinsan witness` process ([`witness`]).
+//!
+//! May not touch: replication, SCSI or iSCSI state except through their handles
+//! (replicated volume admin verbs, ALUA states, the server's connection kick).
+
+pub mod resources;
+pub mod runtime;
+pub mod witness;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use twinsan_ha::manager::ManagerConfig;
+use twinsan_ha::membership::MembershipConfig;
+use twinsan_ha::quorum::{NoQuorumPolicy, QuorumConfig, WitnessClientConfig};
+use twinsan_ha::HaConfig;
+
+/// `[cluster]`: this head's view of the two-head cluster. Present = the HA manager runs
+/// and decides which head serves; absent = a plain node driven by hand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Cluster name; both heads and the witness must use the same one.
+    pub name: String,
+    /// This head's node id (0..=254; the heads differ).
+    pub node_id: u8,
+    /// The peer head's node id.
+    pub peer_node_id: u8,
+    /// Cluster secret file (HMAC key of heartbeats and witness messages; ≥ 16 bytes,
+    /// mode 0600/0400).
+    pub secret_file: PathBuf,
+    /// Directory for the persisted boot counter.
+    pub state_dir: PathBuf,
+    /// Heartbeat interval per link.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// A link without heartbeats this long is down; all links down = the peer is lost.
+    #[serde(default = "default_dead_time_ms")]
+    pub dead_time_ms: u64,
+    /// A head that never saw its peer since it started does not take over.
+    #[serde(default = "default_true")]
+    pub wait_for_all: bool,
+    /// stop | freeze | ignore | suicide.
+    #[serde(default = "default_policy")]
+    pub no_quorum_policy: String,
+    /// The witness (`ADDR:PORT` of `twinsan witness`), if any.
+    pub witness: Option<String>,
+    /// Witness: no answer for this long = unreachable.
+    #[serde(default = "default_witness_decision_timeout_ms")]
+    pub witness_decision_timeout_ms: u64,
+    /// Location score of this head (higher = preferred for the service).
+    #[serde(default)]
+    pub location_score: i32,
+    /// Location score of the peer head.
+    #[serde(default)]
+    pub peer_location_score: i32,
+    /// Failures on a head before the service moves away (0 = never).
+    #[serde(default = "default_migration_threshold")]
+    pub migration_threshold: u32,
+    /// Failures older than this are forgotten (0 = never).
+    #[serde(default)]
+    pub failure_timeout_ms: u64,
+    /// Resource monitor interval while active (0 = off).
+    #[serde(default = "default_monitor_interval_ms")]
+    pub monitor_interval_ms: u64,
+    /// The passive head waits this long before fencing (the active one fences at once).
+    #[serde(default = "default_fence_delay_passive_ms")]
+    pub fence_delay_passive_ms: u64,
+    /// A failed fence blocks the takeover.
+    #[serde(default = "default_true")]
+    pub fence_failure_blocks: bool,
+    /// Fence even when the witness settled a partition.
+    #[serde(default)]
+    pub fence_with_witness: bool,
+    /// Heartbeat links (≥ 1; two or more recommended).
+    #[serde(rename = "link")]
+    pub links: Vec<LinkSection>,
+    /// How this head fences its peer.
+    pub fence: Option<FenceSection>,
+    /// Portal IPs that follow the service.
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<VipSection>,
+    /// External OCF resources started after the portal IPs (stopped before them).
+    #[serde(default, rename = "resource")]
+    pub resources: Vec<OcfSection>,
+}
+
+/// `[[cluster.link]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// This head's heartbeat address (`ADDR:PORT`).
+    pub local: String,
+    /// The peer's heartbeat address on this link.
+    pub peer: String,
+}
+
+/// `[cluster.fence]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceSection {
+    /// `external` (a fence-agents program), `process` (tests/demo: kill the peer's
+    /// processes / namespace) or `ssh` (tests only).
+    pub agent: String,
+    /// external: the program (e.g. /usr/sbin/fence_ipmilan).
+    pub program: Option<PathBuf>,
+    /// external: key=value parameters passed on stdin (never secrets).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// external: parameters whose value is read from a file (mode 0600), e.g.
+    /// `password = "/etc/twinsan/ipmi.secret"`.
+    #[serde(default)]
+    pub secret_params: BTreeMap<String, PathBuf>,
+    /// process: PID file of the peer's twinsan.
+    pub pid_file: Option<PathBuf>,
+    /// process: the peer's network namespace (every process in it is killed).
+    pub netns: Option<String>,
+    /// process: also set the namespace's links down ("power off").
+    #[serde(default = "default_true")]
+    pub links_down: bool,
+    /// ssh: host.
+    pub host: Option<String>,
+    /// ssh: user.
+    pub user: Option<String>,
+    /// ssh: identity file.
+    pub identity_file: Option<PathBuf>,
+    /// Per attempt.
+    #[serde(default = "default_fence_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Extra attempts after a failure.
+    #[serde(default = "default_fence_retries")]
+    pub retries: u32,
+    /// Pause between attempts.
+    #[serde(default = "default_fence_retry_interval_ms")]
+    pub retry_interval_ms: u64,
+}
+
+/// `[[cluster.vip]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSection {
+    /// `ADDR/PREFIX`, IPv4 or IPv6.
+    pub address: String,
+    /// Interface to add it to.
+    pub interface: String,
+    /// Gratuitous ARPs / unsolicited neighbour advertisements sent.
+    #[serde(default = "default_arp_count")]
+    pub arp_count: u32,
+}
+
+/// `[[cluster.resource]]`: an external OCF resource agent in the service group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcfSection {
+    /// Instance name.
+    pub name: String,
+    /// `provider:type`, e.g. `heartbeat:Filesystem` (found under
+    /// `$ocf_root/resource.d/provider/type`), or an absolute path to the agent.
+    pub agent: String,
+    /// OCF root.
+    #[serde(default = "default_ocf_root")]
+    pub ocf_root: PathBuf,
+    /// OCF_RESKEY_* parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Timeout of start/stop/monitor.
+    #[serde(default = "default_ocf_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_interval_ms() -> u64 {
+    twinsan_ha::membership::DEFAULT_INTERVAL_MS
+}
+fn default_dead_time_ms() -> u64 {
+    twinsan_ha::membership::DEFAULT_DEAD_TIME_MS
+}
+fn default_policy() -> String {
+    "stop".into()
+}
+fn default_witness_decision_timeout_ms() -> u64 {
+    twinsan_ha::quorum::DEFAULT_DECISION_TIMEOUT_MS
+}
+fn default_migration_threshold() -> u32 {
+    3
+}
+fn default_monitor_interval_ms() -> u64 {
+    2000
+}
+fn default_fence_delay_passive_ms() -> u64 {
+    1000
+}
+fn default_fence_timeout_ms() -> u64 {
+    20_000
+}
+fn default_fence_retries() -> u32 {
+    2
+}
+fn default_fence_retry_interval_ms() -> u64 {
+    500
+}
+fn default_arp_count() -> u32 {
+    3
+}
+fn default_ocf_root() -> PathBuf {
+    PathBuf::from("/usr/lib/ocf")
+}
+fn default_ocf_timeout_ms() -> u64 {
+    20_000
+}
+
+/// The 16-byte cluster id of a cluster name (the same on both heads and the witness).
+pub fn cluster_id(name: &str) -> [u8; 16] {
+    const NS: uuid::Uuid = uuid::Uuid::from_bytes([
+        0x74, 0x77, 0x69, 0x6e, 0x73, 0x61, 0x6e, 0x2d, 0x63, 0x6c, 0x75, 0x73, 0x74, 0x65, 0x72,
+        0x31,
+    ]);
+    *uuid::Uuid::new_v5(&NS, name.as_bytes()).as_bytes()
+}
+
+impl ClusterSection {
+    /// Parsed heartbeat links (local, peer); the section must be valid.
+    pub fn link_addrs(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.links
+            .iter()
+            .filter_map(|l| Some((l.local.parse().ok()?, l.peer.parse().ok()?)))
+            .collect()
+    }
+
+    /// The HA core configuration for this run's `boot`.
+    pub fn ha_config(&self, boot: u64) -> HaConfig {
+        let mut m = MembershipConfig::new(
+            cluster_id(&self.name),
+            self.node_id,
+            self.peer_node_id,
+            boot,
+        );
+        m.links = self.links.len() as u8;
+        m.interval_ms = self.interval_ms;
+        m.dead_time_ms = self.dead_time_ms;
+        let q = QuorumConfig {
+            wait_for_all: self.wait_for_all,
+            no_quorum_policy: self.policy(),
+            witness: self.witness.as_ref().map(|_| WitnessClientConfig {
+                decision_timeout_ms: self.witness_decision_timeout_ms,
+                ..WitnessClientConfig::default()
+            }),
+        };
+        HaConfig {
+            membership: m,
+            quorum: q,
+        }
+    }
+
+    fn policy(&self) -> NoQuorumPolicy {
+        self.no_quorum_policy.parse().unwrap_or_default()
+    }
+
+    /// The manager configuration.
+    pub fn manager_config(&self) -> ManagerConfig {
+        let mut c = ManagerConfig::new(self.node_id, self.peer_node_id);
+        c.location_score = self.location_score;
+        c.peer_location_score = self.peer_location_score;
+        c.migration_threshold = self.migration_threshold;
+        c.failure_timeout_ms = self.failure_timeout_ms;
+        c.fencing_configured = self.fence.is_some();
+        c.fence_failure_blocks = self.fence_failure_blocks;
+        c.fence_delay_passive_ms = self.fence_delay_passive_ms;
+        c.fence_with_witness = self.fence_with_witness;
+        c.no_quorum_policy = self.policy();
+        c.monitor_interval_ms = self.monitor_interval_ms;
+        if let Some(f) = &self.fence {
+            c.fence_retry_interval_ms = f.retry_interval_ms.max(100);
+        }
+        c
+    }
+}
+
+/// Check `[cluster]`; `p(key, reason)` collects problems.
+pub fn validate(c: &ClusterSection, p: &mut impl FnMut(String, String)) {
+    if c.name.is_empty() || c.name.len() > 64 {
+        p("cluster.name".into(), "1 to 64 characters".into());
+    }
+    if c.node_id == c.peer_node_id {
+        p(
+            "cluster.peer_node_id".into(),
+            format!(
+                "{} is this head's node_id too; the heads need different ids",
+                c.node_id
+            ),
+        );
+    }
+    for (k, v) in [
+        ("cluster.node_id", c.node_id),
+        ("cluster.peer_node_id", c.peer_node_id),
+    ] {
+        if v == twinsan_ha::wire::WITNESS_NODE_ID {
+            p(k.into(), format!("{v} is reserved for the witness"));
+        }
+    }
+    if c.no_quorum_policy.parse::<NoQuorumPolicy>().is_err() {
+        p(
+            "cluster.no_quorum_policy".into(),
+            format!(
+                "{:?}: expected stop, freeze, ignore or suicide",
+                c.no_quorum_policy
+            ),
+        );
+    }
+    if c.links.is_empty() {
+        p(
+            "cluster.link".into(),
+            "at least one [[cluster.link]] (two recommended: a link failure alone is then \
+             not a node failure)"
+                .into(),
+        );
+    }
+    if c.links.len() > usize::from(twinsan_ha::membership::LINKS_MAX) {
+        p(
+            "cluster.link".into(),
+            format!("at most {} links", twinsan_ha::membership::LINKS_MAX),
+        );
+    }
+    for (i, l) in c.links.iter().enumerate() {
+        for (k, v) in [("local", &l.local), ("peer", &l.peer)] {
+            if v.parse::<SocketAddr>().is_err() {
+                p(
+                    format!("cluster.link[{i}].{k}"),
+                    format!("{v:?} is not ADDR:PORT"),
+                );
+            }
+        }
+    }
+    if let Some(w) = &c.witness {
+        if w.parse::<SocketAddr>().is_err() {
+            p("cluster.witness".into(), format!("{w:?} is not ADDR:PORT"));
+        }
+    }
+    let core = c.ha_config(1);
+    if let Err(e) = core.membership.validate() {
+        p("cluster".into(), e.to_string());
+    }
+    if let Err(e) = core.quorum.validate() {
+        p("cluster".into(), e.to_string());
+    }
+    if let Some(f) = &c.fence {
+        match f.agent.as_str() {
+            "external" => {
+                if f.program.is_none() {
+                    p(
+                        "cluster.fence.program".into(),
+                        "the external agent needs the fence-agents program".into(),
+                    );
+                }
+            }
+            "process" => {
+                if f.pid_file.is_none() && f.netns.is_none() {
+                    p(
+                        "cluster.fence".into(),
+                        "the process agent needs pid_file or netns".into(),
+                    );
+                }
+            }
+            "ssh" => {
+                if f.host.is_none() {
+                    p(
+                        "cluster.fence.host".into(),
+                        "the ssh agent needs host".into(),
+                    );
+                }
+            }
+            other => p(
+                "cluster.fence.agent".into(),
+                format!("{other:?}: expected external, process or ssh"),
+            ),
+        }
+    }
+    for (i, v) in c.vips.iter().enumerate() {
+        if let Err(e) = twinsan_agents::vip::Vip::parse_cidr(&v.address) {
+            p(format!("cluster.vip[{i}].address"), e.to_string());
+        }
+        if v.interface.is_empty() || v.interface.len() > 15 {
+            p(
+                format!("cluster.vip[{i}].interface"),
+                "an interface name of 1 to 15 characters".into(),
+            );
+        }
+    }
+    for (i, r) in c.resources.iter().enumerate() {
+        if resources::ocf_agent_path(r).is_none() {
+            p(
+                format!("cluster.resource[{i}].agent"),
+                format!("{:?}: expected PROVIDER:TYPE or an absolute path", r.agent),
+            );
+        }
+    }
+}
+
+/// Read, increment and persist the boot counter in `dir` (created with mode 0700).
+/// Every run of a head gets a boot number larger than every earlier one, which makes
+/// recorded heartbeats of an earlier run worthless (replay protection).
+pub fn next_boot(dir: &Path) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
+    let path = dir.join("boot");
+    let prev = match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("{} is corrupt (not a number)", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let next = prev + 1;
+    if next > u64::from(u32::MAX) {
+        anyhow::bail!("{}: boot counter exhausted", path.display());
+    }
+    let tmp = dir.join("boot.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        writeln!(f, "{next}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boot_counter_grows_across_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("state");
+        assert_eq!(next_boot(&s).unwrap(), 1);
+        assert_eq!(next_boot(&s).unwrap(), 2);
+        std::fs::write(s.join("boot"), "garbage").unwrap();
+        let e = next_boot(&s).unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn both_heads_derive_the_same_cluster_id_and_names_differ() {
+        assert_eq!(cluster_id("demo"), cluster_id("demo"));
+        assert_ne!(cluster_id("demo"), cluster_id("demo2"));
+    }
+}

@@ -1,0 +1,686 @@
+//! The HA owner task: one tokio task owns this head's [`HaNode`] (membership + quorum)
+//! and [`Manager`], feeds them heartbeat and witness datagrams, ticks and operator
+//! commands in order, and carries out their actions (datagrams, fencing, start/stop/
+//! monitor sequences on their own tasks, whose results come back as inputs).
+//!
+//! Owns: the UDP sockets of the heartbeat links and of the witness client, the HA
+//! clock (ms since the task started), the recent-events ring and the status snapshot.
+//!
+//! May not touch: resources directly — sequences run in [`super::resources`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use twinsan_ha::manager::{self, AdminCmd, Manager, Op};
+use twinsan_ha::{Action, Event, HaNode, Input};
+
+use super::resources::Resources;
+use super::ClusterSection;
+
+/// Recent events kept for status.
+pub const EVENTS_MAX: usize = 64;
+/// Largest datagram read.
+const DATAGRAM_MAX_BYTES: usize = 512;
+
+/// One event for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// Wall-clock time, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub what: String,
+}
+
+/// One heartbeat link in status.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkSnapshot {
+    /// Index.
+    pub index: u8,
+    /// Local address.
+    pub local: String,
+    /// Peer address.
+    pub peer: String,
+    /// Heartbeats arrive.
+    pub up: bool,
+    /// ms since the last accepted heartbeat.
+    pub last_rx_ago_ms: Option<u64>,
+    /// Heartbeats refused (bad MAC, replays, malformed, foreign).
+    pub rejected: u64,
+}
+
+/// The HA view for `twinsan status` (keys documented in the README).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct HaSnapshot {
+    /// Cluster name.
+    pub cluster: String,
+    /// This head's node id.
+    pub node_id: u8,
+    /// The peer's node id.
+    pub peer_node_id: u8,
+    /// This run's boot counter.
+    pub boot: u64,
+    /// passive | fencing | starting | taking-over | active | stopping | blocked.
+    pub service: String,
+    /// Why this head is not doing more, if anything.
+    pub waiting: Option<String>,
+    /// Standby.
+    pub standby: bool,
+    /// Maintenance mode.
+    pub maintenance: bool,
+    /// "here", "away" or null.
+    pub moved: Option<String>,
+    /// Failures here (within failure_timeout_ms).
+    pub failcount: u32,
+    /// The migration threshold was reached here.
+    pub failed_here: bool,
+    /// The data here could be promoted.
+    pub can_run: bool,
+    /// The peer is alive on some link.
+    pub peer_alive: bool,
+    /// The peer's service flags from its heartbeats.
+    pub peer_active: bool,
+    /// The peer is in standby.
+    pub peer_standby: bool,
+    /// The peer was fenced and has not come back.
+    pub peer_fenced: bool,
+    /// Quorum.
+    pub quorum: bool,
+    /// Quorum reason.
+    pub quorum_reason: String,
+    /// Fencing needed before a takeover.
+    pub needs_fencing: bool,
+    /// no-quorum-policy.
+    pub no_quorum_policy: String,
+    /// Witness address, if configured.
+    pub witness: Option<String>,
+    /// Last fence report.
+    pub last_fence: Option<String>,
+    /// Heartbeat links.
+    pub links: Vec<LinkSnapshot>,
+    /// Portal IPs and whether this head holds them.
+    pub vips: Vec<(String, bool)>,
+    /// Recent events, oldest first.
+    pub events: Vec<EventRecord>,
+}
+
+/// What the control socket sends the owner task.
+#[derive(Debug)]
+pub enum Request {
+    /// An operator command.
+    Admin(AdminCmd, oneshot::Sender<Result<(), String>>),
+    /// The replicated volume's `fence-peer` handler asks whether this head may write
+    /// alone (its replication link is gone): answered with DRBD's exit codes, 7 (the
+    /// peer is fenced or cannot hold quorum: resume I/O) or 1 (not safe: keep I/O
+    /// frozen; the manager stops the service if this head lost the cluster).
+    ResolvePeer(oneshot::Sender<(i32, String)>),
+}
+
+/// How long a `fence-peer` question may wait for the cluster to settle (below the
+/// control client's 10 s read timeout).
+const RESOLVE_PEER_WAIT_MS: u64 = 8_000;
+
+/// Handle on a running HA owner task.
+#[derive(Debug, Clone)]
+pub struct HaHandle {
+    tx: mpsc::Sender<Request>,
+    status: watch::Receiver<Arc<HaSnapshot>>,
+}
+
+impl HaHandle {
+    /// Answer a `fence-peer` handler (see [`Request::ResolvePeer`]).
+    pub async fn resolve_peer(&self) -> (i32, String) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::ResolvePeer(tx)).await.is_err() {
+            return (1, "the HA manager is stopped".into());
+        }
+        rx.await.unwrap_or((1, "the HA manager is stopped".into()))
+    }
+
+    /// Run an operator command.
+    pub async fn admin(&self, cmd: AdminCmd) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Admin(cmd, tx))
+            .await
+            .map_err(|_| "the HA manager is stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the HA manager is stopped".to_string())?
+    }
+
+    /// The newest snapshot.
+    pub fn snapshot(&self) -> Arc<HaSnapshot> {
+        self.status.borrow().clone()
+    }
+}
+
+enum Internal {
+    Datagram { link: u8, bytes: Vec<u8> },
+    Witness(Vec<u8>),
+    Done(manager::Input),
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Start the HA owner task for `cluster` over `res`; it runs until `shutdown`.
+pub async fn start(
+    cluster: &ClusterSection,
+    res: Arc<Resources>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(HaHandle, tokio::task::JoinHandle<()>)> {
+    let secret =
+        crate::replicated::read_secret(&cluster.secret_file).context("cluster.secret_file")?;
+    let boot = super::next_boot(&cluster.state_dir)?;
+    let core = cluster.ha_config(boot);
+    let node = HaNode::new(core, &secret).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+    let mgr = Manager::new(cluster.manager_config());
+    let links = cluster.link_addrs();
+    let mut sockets = Vec::new();
+    for (local, _) in &links {
+        let s = UdpSocket::bind(local)
+            .await
+            .with_context(|| format!("cannot bind heartbeat link {local}"))?;
+        sockets.push(Arc::new(s));
+    }
+    let witness_addr: Option<SocketAddr> = match &cluster.witness {
+        Some(w) => Some(w.parse().context("cluster.witness")?),
+        None => None,
+    };
+    let witness_sock = match witness_addr {
+        Some(w) => {
+            let bind: SocketAddr = if w.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            Some(Arc::new(
+                UdpSocket::bind(bind).await.context("witness socket")?,
+            ))
+        }
+        None => None,
+    };
+    let (itx, irx) = mpsc::channel::<Internal>(1024);
+    for (i, s) in sockets.iter().enumerate() {
+        let s = s.clone();
+        let tx = itx.clone();
+        let peer = links[i].1;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; DATAGRAM_MAX_BYTES];
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = s.recv_from(&mut buf) => match r {
+                        Ok((n, from)) => {
+                            // Only the configured peer address; the MAC check decides the rest.
+                            if from.ip() != peer.ip() {
+                                continue;
+                            }
+                            let m = Internal::Datagram { link: i as u8, bytes: buf[..n].to_vec() };
+                            if tx.try_send(m).is_err() {
+                                tracing::debug!("HA input queue full; heartbeat dropped");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "heartbeat receive failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    if let (Some(s), Some(w)) = (&witness_sock, witness_addr) {
+        let s = s.clone();
+        let tx = itx.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; DATAGRAM_MAX_BYTES];
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = s.recv_from(&mut buf) => match r {
+                        Ok((n, from)) if from == w => {
+                            let _ = tx.try_send(Internal::Witness(buf[..n].to_vec()));
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+        });
+    }
+    let (req_tx, req_rx) = mpsc::channel(16);
+    let (status_tx, status_rx) = watch::channel(Arc::new(HaSnapshot::default()));
+    let mut owner = Owner {
+        cluster: cluster.clone(),
+        node,
+        mgr,
+        boot,
+        started: Instant::now(),
+        sockets,
+        links,
+        witness: witness_sock.zip(witness_addr),
+        res,
+        itx,
+        events: VecDeque::new(),
+        status: status_tx,
+        resolve: Vec::new(),
+    };
+    info!(
+        cluster = %cluster.name,
+        node_id = cluster.node_id,
+        boot,
+        links = owner.links.len(),
+        witness = ?cluster.witness,
+        fencing = cluster.fence.as_ref().map(|f| f.agent.as_str()).unwrap_or("none"),
+        "HA manager starting (passive until the cluster decides)"
+    );
+    let task = tokio::spawn(async move { owner.run(irx, req_rx, shutdown).await });
+    Ok((
+        HaHandle {
+            tx: req_tx,
+            status: status_rx,
+        },
+        task,
+    ))
+}
+
+struct Owner {
+    cluster: ClusterSection,
+    node: HaNode,
+    mgr: Manager,
+    boot: u64,
+    started: Instant,
+    sockets: Vec<Arc<UdpSocket>>,
+    links: Vec<(SocketAddr, SocketAddr)>,
+    witness: Option<(Arc<UdpSocket>, SocketAddr)>,
+    res: Arc<Resources>,
+    itx: mpsc::Sender<Internal>,
+    events: VecDeque<EventRecord>,
+    status: watch::Sender<Arc<HaSnapshot>>,
+    /// Open `fence-peer` questions: (asked at ms, reply).
+    resolve: Vec<(u64, oneshot::Sender<(i32, String)>)>,
+}
+
+impl Owner {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(
+        &mut self,
+        mut irx: mpsc::Receiver<Internal>,
+        mut req_rx: mpsc::Receiver<Request>,
+        shutdown: CancellationToken,
+    ) {
+        // The volumes may already be Primary here (the manager alone restarted):
+        // then this head runs the service.
+        if self.res.any_primary() {
+            self.mgr.assume_active(self.now_ms());
+            self.record("volumes found Primary at start-up: this head runs the service".into());
+        }
+        let mut can_run_tick = tokio::time::interval(Duration::from_millis(100));
+        can_run_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_can_run = None;
+        // Clean shutdown: (deadline, passive since).
+        let mut leaving: Option<(Instant, Option<Instant>)> = None;
+        loop {
+            if let Some((deadline, passive_since)) = &mut leaving {
+                if self.mgr.state() == manager::ServiceState::Passive {
+                    let since = *passive_since.get_or_insert_with(Instant::now);
+                    // Let a few heartbeats carry "leaving" before they stop.
+                    if since.elapsed() >= Duration::from_millis(4 * self.cluster.interval_ms) {
+                        break;
+                    }
+                }
+                if Instant::now() >= *deadline {
+                    warn!("the service did not stop in time; leaving anyway");
+                    break;
+                }
+            }
+            let now = self.now_ms();
+            self.node.handle(now, Input::Tick);
+            self.pump(now);
+            let next = self
+                .mgr
+                .next_timeout_ms()
+                .map_or(self.node.next_timeout_ms(), |m| {
+                    m.min(self.node.next_timeout_ms())
+                });
+            let sleep_ms = next.saturating_sub(self.now_ms()).min(1000);
+            self.answer_resolve();
+            let sleep_ms = if leaving.is_some() || !self.resolve.is_empty() {
+                sleep_ms.min(20)
+            } else {
+                sleep_ms
+            };
+            tokio::select! {
+                _ = shutdown.cancelled(), if leaving.is_none() => {
+                    let now = self.now_ms();
+                    self.mgr.handle(now, manager::Input::Admin(AdminCmd::Leave));
+                    leaving = Some((Instant::now() + Duration::from_secs(30), None));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                _ = can_run_tick.tick() => {
+                    let c = self.res.can_run();
+                    if last_can_run != Some(c) {
+                        last_can_run = Some(c);
+                        let now = self.now_ms();
+                        self.mgr.handle(now, manager::Input::CanRun(c));
+                    }
+                }
+                m = irx.recv() => {
+                    let Some(m) = m else { break };
+                    let now = self.now_ms();
+                    match m {
+                        Internal::Datagram { link, bytes } => {
+                            self.node.handle(now, Input::Datagram { link, bytes });
+                        }
+                        Internal::Witness(bytes) => {
+                            self.node.handle(now, Input::WitnessDatagram { bytes });
+                        }
+                        Internal::Done(i) => self.mgr.handle(now, i),
+                    }
+                }
+                r = req_rx.recv() => {
+                    let now = self.now_ms();
+                    match r {
+                        Some(Request::Admin(cmd, reply)) => {
+                            self.mgr.handle(now, manager::Input::Admin(cmd));
+                            let _ = reply.send(Ok(()));
+                        }
+                        Some(Request::ResolvePeer(reply)) => {
+                            self.record("replication lost its peer: fence-peer asks whether this head may write alone".into());
+                            self.resolve.push((now, reply));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        self.record("HA manager stopped".into());
+        self.publish();
+    }
+
+    /// Drain both state machines until quiet, then publish status.
+    fn pump(&mut self, now: u64) {
+        for _ in 0..16 {
+            let mut any = false;
+            while let Some(a) = self.node.poll_action() {
+                any = true;
+                match a {
+                    Action::Send { link, bytes } => {
+                        if let (Some(s), Some((_, peer))) = (
+                            self.sockets.get(usize::from(link)),
+                            self.links.get(usize::from(link)),
+                        ) {
+                            // Best effort: a down link is the membership's business.
+                            let _ = s.try_send_to(&bytes, *peer);
+                        }
+                    }
+                    Action::SendWitness { bytes } => {
+                        if let Some((s, w)) = &self.witness {
+                            let _ = s.try_send_to(&bytes, *w);
+                        }
+                    }
+                    Action::Event(e) => self.record(match e {
+                        Event::LinkUp { link } => format!("heartbeat link {link} up"),
+                        Event::LinkDown { link } => format!("heartbeat link {link} DOWN"),
+                        Event::PeerUp => "peer up".into(),
+                        Event::PeerDown => "peer DOWN (every heartbeat link)".into(),
+                        Event::PeerRebooted { boot } => format!("peer restarted (boot {boot})"),
+                        Event::QuorumChanged(q) => format!(
+                            "quorum {} ({:?})",
+                            if q.has_quorum { "yes" } else { "no" },
+                            q.reason
+                        ),
+                    }),
+                }
+            }
+            let st = self.node.status();
+            let peer_summary = st.membership.peer_view.map(|v| v.role_summary);
+            self.mgr.handle(
+                now,
+                manager::Input::Cluster {
+                    peer_alive: st.membership.peer_alive,
+                    quorum: st.quorum.state,
+                    peer_summary,
+                    peer_boot: st.membership.peer_boot,
+                },
+            );
+            while let Some(a) = self.mgr.poll_action() {
+                any = true;
+                self.apply(now, a);
+            }
+            if !any {
+                break;
+            }
+        }
+        self.publish();
+    }
+
+    fn apply(&mut self, now: u64, a: manager::Action) {
+        match a {
+            manager::Action::Summary { summary, active } => {
+                self.node.handle(
+                    now,
+                    Input::SetLocalView {
+                        role_summary: summary,
+                        active,
+                    },
+                );
+            }
+            manager::Action::Event(e) => self.record(e),
+            manager::Action::FencePeer => {
+                let res = self.res.clone();
+                let tx = self.itx.clone();
+                tokio::spawn(async move {
+                    let (ok, report) = res.fence_peer().await;
+                    let _ = tx
+                        .send(Internal::Done(manager::Input::FenceDone { ok, report }))
+                        .await;
+                });
+            }
+            manager::Action::Start { takeover } => {
+                let res = self.res.clone();
+                let tx = self.itx.clone();
+                tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let r = res.start(takeover).await;
+                    info!(
+                        takeover,
+                        elapsed_ms = t0.elapsed().as_millis() as u64,
+                        ok = r.is_ok(),
+                        "start sequence done"
+                    );
+                    let (ok, message) = match r {
+                        Ok(()) => (true, String::new()),
+                        Err(e) => (false, e),
+                    };
+                    let _ = tx
+                        .send(Internal::Done(manager::Input::OpDone {
+                            op: Op::Start,
+                            ok,
+                            message,
+                        }))
+                        .await;
+                });
+            }
+            manager::Action::Stop => {
+                let res = self.res.clone();
+                let tx = self.itx.clone();
+                tokio::spawn(async move {
+                    let r = res.stop().await;
+                    let (ok, message) = match r {
+                        Ok(()) => (true, String::new()),
+                        Err(e) => (false, e),
+                    };
+                    let _ = tx
+                        .send(Internal::Done(manager::Input::OpDone {
+                            op: Op::Stop,
+                            ok,
+                            message,
+                        }))
+                        .await;
+                });
+            }
+            manager::Action::Monitor => {
+                let res = self.res.clone();
+                let tx = self.itx.clone();
+                tokio::spawn(async move {
+                    if let Err((resource, message)) = res.monitor().await {
+                        let _ = tx
+                            .send(Internal::Done(manager::Input::MonitorFailed {
+                                resource,
+                                message,
+                            }))
+                            .await;
+                    }
+                });
+            }
+            manager::Action::Suicide => {
+                tracing::error!("no quorum and no-quorum-policy=suicide: exiting at once");
+                std::process::exit(70);
+            }
+        }
+    }
+
+    /// Answer open `fence-peer` questions whose answer is known.
+    fn answer_resolve(&mut self) {
+        if self.resolve.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let m = self.mgr.status();
+        let q = self.node.quorum_state();
+        let runs = matches!(
+            m.state,
+            manager::ServiceState::Active | manager::ServiceState::Starting { .. }
+        );
+        let answer: Option<(i32, String)> = if !runs {
+            Some((1, "this head does not run the service".into()))
+        } else if m.peer_fenced {
+            Some((7, "the peer is fenced".into()))
+        } else if !m.peer_alive
+            && q.has_quorum
+            && matches!(q.reason, twinsan_ha::quorum::Reason::WitnessGranted { .. })
+        {
+            Some((
+                7,
+                "the witness gave its vote to this head: the peer cannot take over".into(),
+            ))
+        } else if !q.has_quorum && !q.reason.is_transient() && !m.peer_alive {
+            Some((1, format!("this head lost quorum ({:?})", q.reason)))
+        } else {
+            None
+        };
+        let mut keep = Vec::new();
+        for (at, reply) in std::mem::take(&mut self.resolve) {
+            match &answer {
+                Some(a) => {
+                    let _ = reply.send(a.clone());
+                }
+                None if now >= at + RESOLVE_PEER_WAIT_MS => {
+                    let _ = reply.send((
+                        1,
+                        "the replication link is down but the peer still answers heartbeats: \
+                         I/O stays frozen until the link returns or `twinsan repl resume-io`"
+                            .into(),
+                    ));
+                }
+                None => keep.push((at, reply)),
+            }
+        }
+        if let Some((code, why)) = answer {
+            self.record(format!("fence-peer answered {code}: {why}"));
+        }
+        self.resolve = keep;
+    }
+
+    fn record(&mut self, what: String) {
+        if what.contains("FAILED") || what.contains("DOWN") || what.contains("BOTH") {
+            warn!(target: "twinsan::ha", "{what}");
+        } else {
+            info!(target: "twinsan::ha", "{what}");
+        }
+        if self.events.len() >= EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(EventRecord {
+            at_unix_ms: unix_ms(),
+            what,
+        });
+    }
+
+    fn publish(&mut self) {
+        let st = self.node.status();
+        let m = self.mgr.status();
+        let now = st.membership.now_ms;
+        let peer = m.peer_summary.unwrap_or(0);
+        let snap = HaSnapshot {
+            cluster: self.cluster.name.clone(),
+            node_id: self.cluster.node_id,
+            peer_node_id: self.cluster.peer_node_id,
+            boot: self.boot,
+            service: m.state.as_str().into(),
+            waiting: m.waiting,
+            standby: m.standby,
+            maintenance: m.maintenance,
+            moved: m.moved.map(|h| if h { "here" } else { "away" }.to_string()),
+            failcount: m.failcount,
+            failed_here: m.failed_here,
+            can_run: m.can_run,
+            peer_alive: m.peer_alive,
+            peer_active: m.peer_alive && peer & manager::SUMMARY_ACTIVE != 0,
+            peer_standby: m.peer_alive && peer & manager::SUMMARY_STANDBY != 0,
+            peer_fenced: m.peer_fenced,
+            quorum: st.quorum.state.has_quorum,
+            quorum_reason: format!("{:?}", st.quorum.state.reason),
+            needs_fencing: st.quorum.state.needs_fencing,
+            no_quorum_policy: st.quorum.no_quorum_policy.to_string(),
+            witness: self.cluster.witness.clone(),
+            last_fence: m.last_fence,
+            links: st
+                .membership
+                .links
+                .iter()
+                .map(|l| LinkSnapshot {
+                    index: l.index,
+                    local: self
+                        .links
+                        .get(usize::from(l.index))
+                        .map(|x| x.0.to_string())
+                        .unwrap_or_default(),
+                    peer: self
+                        .links
+                        .get(usize::from(l.index))
+                        .map(|x| x.1.to_string())
+                        .unwrap_or_default(),
+                    up: l.up,
+                    last_rx_ago_ms: l.last_rx_ms.map(|t| now.saturating_sub(t)),
+                    rejected: l.counters.rejected_mac
+                        + l.counters.rejected_replay
+                        + l.counters.rejected_malformed
+                        + l.counters.rejected_foreign,
+                })
+                .collect(),
+            vips: self.res.vip_holdings(),
+            events: self.events.iter().cloned().collect(),
+        };
+        self.status.send_replace(Arc::new(snap));
+    }
+}

@@ -1,0 +1,391 @@
+use super::*;
+use crate::quorum::{QuorumState, Reason};
+
+fn q(has: bool, reason: Reason, fence: bool) -> QuorumState {
+    QuorumState {
+        has_quorum: has,
+        reason,
+        needs_fencing: fence,
+        wait_for_all_satisfied: !matches!(reason, Reason::WaitingForPeer),
+    }
+}
+
+fn visible() -> QuorumState {
+    q(true, Reason::PeerVisible, false)
+}
+
+fn lost_no_witness() -> QuorumState {
+    q(true, Reason::PeerLost, true)
+}
+
+fn drain(m: &mut Manager) -> Vec<Action> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn ops(m: &mut Manager) -> Vec<Action> {
+    drain(m)
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Event(_) | Action::Summary { .. }))
+        .collect()
+}
+
+fn cluster(alive: bool, quorum: QuorumState, peer: u32) -> Input {
+    Input::Cluster {
+        peer_alive: alive,
+        quorum,
+        peer_summary: Some(peer),
+        peer_boot: Some(1),
+    }
+}
+
+fn node(id: u8, peer: u8, fencing: bool) -> Manager {
+    let mut c = ManagerConfig::new(id, peer);
+    c.fencing_configured = fencing;
+    c.monitor_interval_ms = 0;
+    let mut m = Manager::new(c);
+    m.handle(0, Input::CanRun(true));
+    m
+}
+
+fn active(id: u8, peer: u8, fencing: bool) -> Manager {
+    let mut m = node(id, peer, fencing);
+    m.assume_active(0);
+    drain(&mut m);
+    m
+}
+
+const PEER_PASSIVE: u32 = SUMMARY_CAN_RUN;
+const PEER_ACTIVE: u32 = SUMMARY_CAN_RUN | SUMMARY_ACTIVE;
+
+#[test]
+fn a_lone_head_that_never_saw_its_peer_waits() {
+    let mut m = node(1, 2, true);
+    m.handle(
+        10,
+        cluster(false, q(false, Reason::WaitingForPeer, false), 0),
+    );
+    m.handle(60_000, Input::Tick);
+    assert!(ops(&mut m).is_empty());
+    assert_eq!(m.state(), ServiceState::Passive);
+    assert!(m.status().waiting.unwrap().contains("wait-for-all"));
+}
+
+#[test]
+fn with_both_heads_up_only_the_preferred_head_starts() {
+    let mut a = node(1, 2, true);
+    let mut b = node(2, 1, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    b.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert_eq!(ops(&mut a), vec![Action::Start { takeover: false }]);
+    assert!(ops(&mut b).is_empty());
+    // A location score overrides the node id.
+    let mut c = ManagerConfig::new(2, 1);
+    c.location_score = 100;
+    let mut b = Manager::new(c);
+    b.handle(0, Input::CanRun(true));
+    b.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+}
+
+#[test]
+fn a_head_that_cannot_promote_leaves_the_service_to_the_peer() {
+    let mut a = node(1, 2, true);
+    a.handle(5, Input::CanRun(false));
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert!(ops(&mut a).is_empty());
+    // The peer sees CAN_RUN missing and starts although it is not preferred.
+    let mut b = node(2, 1, true);
+    b.handle(10, cluster(true, visible(), 0));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+}
+
+#[test]
+fn the_passive_head_fences_after_its_delay_then_takes_over() {
+    let mut b = node(2, 1, true);
+    b.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    assert!(ops(&mut b).is_empty());
+    b.handle(1000, cluster(false, lost_no_witness(), PEER_ACTIVE));
+    assert!(ops(&mut b).is_empty(), "fence delay first");
+    assert_eq!(b.next_timeout_ms(), Some(2000));
+    b.handle(2000, Input::Tick);
+    assert_eq!(ops(&mut b), vec![Action::FencePeer]);
+    assert_eq!(b.state(), ServiceState::Fencing);
+    b.handle(
+        2100,
+        Input::FenceDone {
+            ok: true,
+            report: "off".into(),
+        },
+    );
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: true }]);
+    b.handle(
+        2200,
+        Input::OpDone {
+            op: Op::Start,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    assert_eq!(b.state(), ServiceState::Active);
+}
+
+#[test]
+fn a_failed_fence_blocks_the_takeover_and_is_retried() {
+    let mut b = node(2, 1, true);
+    b.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    b.handle(100, cluster(false, lost_no_witness(), PEER_ACTIVE));
+    b.handle(1100, Input::Tick);
+    assert_eq!(ops(&mut b), vec![Action::FencePeer]);
+    b.handle(
+        1200,
+        Input::FenceDone {
+            ok: false,
+            report: "exit 1".into(),
+        },
+    );
+    assert!(ops(&mut b).is_empty(), "no takeover after a failed fence");
+    assert!(b.status().last_fence.unwrap().contains("exit 1"));
+    b.handle(1700, Input::Tick);
+    assert!(ops(&mut b).is_empty());
+    b.handle(2200, Input::Tick);
+    assert_eq!(ops(&mut b), vec![Action::FencePeer], "retried");
+}
+
+#[test]
+fn without_a_fence_agent_or_witness_a_lost_peer_is_not_taken_over() {
+    let mut b = node(2, 1, false);
+    b.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    b.handle(100, cluster(false, lost_no_witness(), PEER_ACTIVE));
+    b.handle(10_000, Input::Tick);
+    assert!(ops(&mut b).is_empty());
+    assert!(b.status().waiting.unwrap().contains("no fence agent"));
+}
+
+#[test]
+fn the_witness_vote_settles_a_partition_without_fencing() {
+    let mut b = node(2, 1, true);
+    b.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    b.handle(
+        100,
+        cluster(false, q(false, Reason::AwaitingWitness, false), PEER_ACTIVE),
+    );
+    assert!(ops(&mut b).is_empty());
+    b.handle(
+        900,
+        cluster(
+            false,
+            q(true, Reason::WitnessGranted { term: 3 }, false),
+            PEER_ACTIVE,
+        ),
+    );
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: true }]);
+}
+
+#[test]
+fn the_active_head_without_quorum_stops_but_holds_while_it_is_pending() {
+    let mut a = active(1, 2, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    a.handle(
+        100,
+        cluster(
+            false,
+            q(false, Reason::AwaitingWitness, false),
+            PEER_PASSIVE,
+        ),
+    );
+    assert!(ops(&mut a).is_empty(), "transient: hold");
+    a.handle(
+        900,
+        cluster(
+            false,
+            q(false, Reason::WitnessDenied { holder: Some(2) }, false),
+            PEER_PASSIVE,
+        ),
+    );
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+}
+
+#[test]
+fn the_active_head_fences_a_lost_peer_at_once_and_keeps_running() {
+    let mut a = active(1, 2, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    a.handle(100, cluster(false, lost_no_witness(), PEER_PASSIVE));
+    assert_eq!(ops(&mut a), vec![Action::FencePeer]);
+    assert_eq!(a.state(), ServiceState::Active);
+    a.handle(
+        200,
+        Input::FenceDone {
+            ok: true,
+            report: "off".into(),
+        },
+    );
+    a.handle(300, Input::Tick);
+    assert!(ops(&mut a).is_empty(), "fenced once");
+    assert!(a.status().peer_fenced);
+}
+
+#[test]
+fn a_planned_move_stops_here_then_starts_on_the_peer_and_moves_back() {
+    let mut a = active(1, 2, true);
+    let mut b = node(2, 1, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    b.handle(10, cluster(true, visible(), a.summary()));
+    assert!(ops(&mut a).is_empty());
+    assert!(ops(&mut b).is_empty());
+    // The operator moves the service on the head it should go to; A learns it from
+    // B's heartbeat bits.
+    b.handle(20, Input::Admin(AdminCmd::Move { here: true }));
+    a.handle(30, cluster(true, visible(), b.summary()));
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+    b.handle(50, cluster(true, visible(), a.summary()));
+    assert!(ops(&mut b).is_empty(), "waits until A has stopped");
+    a.handle(
+        60,
+        Input::OpDone {
+            op: Op::Stop,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    b.handle(70, cluster(true, visible(), a.summary()));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+    b.handle(
+        80,
+        Input::OpDone {
+            op: Op::Start,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    // A does not start again although preferred.
+    a.handle(90, cluster(true, visible(), b.summary()));
+    assert!(ops(&mut a).is_empty());
+    // Move back (on A), and it goes back.
+    a.handle(100, Input::Admin(AdminCmd::Move { here: true }));
+    b.handle(110, cluster(true, visible(), a.summary()));
+    assert_eq!(ops(&mut b), vec![Action::Stop]);
+}
+
+#[test]
+fn monitor_failures_restart_then_move_the_service_after_the_threshold() {
+    let mut a = active(1, 2, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    for round in 0..3 {
+        a.handle(
+            100 + round,
+            Input::MonitorFailed {
+                resource: "target".into(),
+                message: "portal closed".into(),
+            },
+        );
+        assert_eq!(ops(&mut a), vec![Action::Stop], "round {round}");
+        a.handle(
+            200 + round,
+            Input::OpDone {
+                op: Op::Stop,
+                ok: true,
+                message: String::new(),
+            },
+        );
+        let o = ops(&mut a);
+        if round < 2 {
+            assert_eq!(o, vec![Action::Start { takeover: false }], "restart");
+            a.handle(
+                300 + round,
+                Input::OpDone {
+                    op: Op::Start,
+                    ok: true,
+                    message: String::new(),
+                },
+            );
+        } else {
+            assert!(o.is_empty(), "threshold reached: stays stopped");
+        }
+    }
+    let st = a.status();
+    assert!(st.failed_here);
+    assert_ne!(a.summary() & SUMMARY_MOVE_AWAY, 0);
+    // The peer takes it.
+    let mut b = node(2, 1, true);
+    b.handle(400, cluster(true, visible(), a.summary()));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+    // Cleanup makes A eligible again.
+    a.handle(500, Input::Admin(AdminCmd::Cleanup));
+    assert!(!a.status().failed_here);
+}
+
+#[test]
+fn a_failed_stop_blocks_and_cleanup_retries_the_stop() {
+    let mut a = active(1, 2, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    a.handle(20, Input::Admin(AdminCmd::Standby));
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+    a.handle(
+        30,
+        Input::OpDone {
+            op: Op::Stop,
+            ok: false,
+            message: "demote refused".into(),
+        },
+    );
+    assert_eq!(a.state(), ServiceState::Blocked);
+    assert_ne!(a.summary() & SUMMARY_ACTIVE, 0, "the peer must not start");
+    let mut b = node(2, 1, true);
+    b.handle(40, cluster(true, visible(), a.summary()));
+    assert!(ops(&mut b).is_empty());
+    a.handle(50, Input::Admin(AdminCmd::Cleanup));
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+}
+
+#[test]
+fn both_active_after_a_healed_partition_the_higher_id_stops() {
+    let mut a = active(1, 2, true);
+    let mut b = active(2, 1, true);
+    a.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    b.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    assert!(ops(&mut a).is_empty());
+    assert_eq!(ops(&mut b), vec![Action::Stop]);
+}
+
+#[test]
+fn maintenance_mode_watches_only() {
+    let mut b = node(2, 1, true);
+    b.handle(5, Input::Admin(AdminCmd::Maintenance(true)));
+    b.handle(10, cluster(true, visible(), PEER_ACTIVE));
+    b.handle(100, cluster(false, lost_no_witness(), PEER_ACTIVE));
+    b.handle(10_000, Input::Tick);
+    assert!(ops(&mut b).is_empty());
+}
+
+#[test]
+fn a_head_that_leaves_cleanly_is_taken_over_without_fencing() {
+    let mut a = active(1, 2, true);
+    let mut b = node(2, 1, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    b.handle(10, cluster(true, visible(), a.summary()));
+    a.handle(20, Input::Admin(AdminCmd::Leave));
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+    a.handle(
+        30,
+        Input::OpDone {
+            op: Op::Stop,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    assert_ne!(a.summary() & SUMMARY_LEAVING, 0);
+    b.handle(40, cluster(true, visible(), a.summary()));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+    b.handle(
+        50,
+        Input::OpDone {
+            op: Op::Start,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    // A's heartbeats stop: B does not fence it.
+    b.handle(700, cluster(false, lost_no_witness(), a.summary()));
+    b.handle(5000, Input::Tick);
+    assert!(ops(&mut b).is_empty());
+}
