@@ -250,6 +250,7 @@ async fn serve(
         portals,
         alua,
     } = build_server_config(cfg, &devices)?;
+    let portal_addrs: Vec<SocketAddr> = portals.iter().map(|(a, _)| *a).collect();
     let mut listeners = Vec::new();
     for (addr, tag) in portals {
         let l = tokio::net::TcpListener::bind(addr)
@@ -291,6 +292,7 @@ async fn serve(
                 volumes.clone(),
                 alua.clone(),
                 server.clone(),
+                portal_addrs,
             )?);
             if !res.any_primary() {
                 res.set_alua(twinsan_scsi::AccessState::Standby);

@@ -177,6 +177,9 @@ pub struct SessionStatus {
     pub discovery: bool,
     /// Initiator address.
     pub peer: SocketAddr,
+    /// This target's address of the connection (a portal IP, for the HA manager's
+    /// tickle ACKs after a takeover).
+    pub local: Option<SocketAddr>,
     /// HeaderDigest=CRC32C.
     pub header_digest: bool,
     /// DataDigest=CRC32C.
@@ -537,6 +540,7 @@ impl Server {
         let env = ServerLoginEnv {
             server: &self,
             peer,
+            local,
             created: Mutex::new(None),
         };
         let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -941,6 +945,7 @@ impl DiscoveryEnv for Server {
 struct ServerLoginEnv<'a> {
     server: &'a Server,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     created: Mutex<Option<(u16, CancellationToken)>>,
 }
 
@@ -1008,6 +1013,7 @@ impl LoginEnv for ServerLoginEnv<'_> {
                     target: req.target.clone(),
                     discovery: req.session_type == SessionType::Discovery,
                     peer: self.peer,
+                    local: self.local,
                     header_digest: false,
                     data_digest: false,
                 },

@@ -352,7 +352,9 @@ fn demo_serves_a_lun() {
     let d = demo_dir.path().join("demo");
     let d = d.to_str().unwrap().to_owned();
     let mut t = Twinsan::start(
-        &["demo", "single", "--listen", &listen, "--size", "64M", "--dir", &d],
+        &[
+            "demo", "single", "--listen", &listen, "--size", "64M", "--dir", &d,
+        ],
         listen.parse().unwrap(),
         scratch_dir(),
     );

@@ -53,6 +53,9 @@ pub struct Resources {
     pub ocf: Vec<OcfAgent>,
     /// Fencing of the peer.
     pub fencer: Option<Fencer>,
+    /// Portal listen addresses (the target monitor connects to each portal IP on the
+    /// ports of those bound to the wildcard or to that IP).
+    pub portals: Vec<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Resources {
@@ -89,6 +92,7 @@ impl Resources {
         volumes: Vec<Handle>,
         alua: Targets,
         server: Arc<Server>,
+        portals: Vec<std::net::SocketAddr>,
     ) -> anyhow::Result<Self> {
         let mut vips = Vec::new();
         for v in &cluster.vips {
@@ -162,6 +166,7 @@ impl Resources {
             vips,
             ocf,
             fencer,
+            portals,
         })
     }
 
@@ -213,8 +218,21 @@ impl Resources {
         }
     }
 
-    /// The start sequence.
-    pub async fn start(self: &Arc<Self>, takeover: bool) -> Result<(), String> {
+    /// The portal IP addresses.
+    pub fn vip_ips(&self) -> Vec<std::net::IpAddr> {
+        self.vips
+            .iter()
+            .map(|(_, v)| lock(v).config().address)
+            .collect()
+    }
+
+    /// The start sequence; after a takeover, `tickle` lists the old holder's initiator
+    /// connections (local, client) to send tickle ACKs to once the portal IPs are up.
+    pub async fn start(
+        self: &Arc<Self>,
+        takeover: bool,
+        tickle: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    ) -> Result<(), String> {
         let t0 = Instant::now();
         for h in &self.volumes {
             if h.role() == Role::Primary {
@@ -254,6 +272,32 @@ impl Resources {
                 .map_err(|e| format!("portal IP {name}: {e}"))?
                 .map_err(|e| format!("portal IP {name}: {e}"))?;
             tracing::info!(vip = %name, elapsed_ms = t0.elapsed().as_millis() as u64, "portal IP added and announced");
+        }
+        let ips = self.vip_ips();
+        let tickle: Vec<_> = tickle
+            .into_iter()
+            .filter(|(local, _)| ips.contains(&local.ip()))
+            .collect();
+        if !tickle.is_empty() {
+            let n = tickle.len();
+            // Best effort: a client that misses it reconnects after its own timeout.
+            let r = tokio::task::spawn_blocking(move || {
+                tickle
+                    .iter()
+                    .filter_map(|(l, c)| twinsan_agents::vip::send_tickle_ack(*l, *c, 3).err())
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            tracing::info!(
+                connections = n,
+                failed = r.len(),
+                "tickle ACKs sent to the old holder's initiators"
+            );
+            for e in r {
+                tracing::warn!("tickle ACK: {e}");
+            }
         }
         for a in &self.ocf {
             let a = a.clone();
@@ -386,8 +430,31 @@ impl Resources {
         })
         .await;
         match r {
-            Ok(r) => r,
-            Err(e) => Err(("monitor".into(), e.to_string())),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(("monitor".into(), e.to_string())),
         }
+        // The target answers on every portal IP.
+        for ip in self.vip_ips() {
+            for p in &self.portals {
+                if !(p.ip().is_unspecified() || p.ip() == ip) {
+                    continue;
+                }
+                let addr = std::net::SocketAddr::new(ip, p.port());
+                match tokio::time::timeout(
+                    Duration::from_millis(1000),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err((format!("target portal {addr}"), e.to_string())),
+                    Err(_) => {
+                        return Err((format!("target portal {addr}"), "connect timed out".into()))
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

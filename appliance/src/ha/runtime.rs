@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use twinsan_ha::clients::{is_client_list, ClientList};
 use twinsan_ha::manager::{self, AdminCmd, Manager, Op};
+use twinsan_ha::wire::{ClusterKey, Stamp};
 use twinsan_ha::{Action, Event, HaNode, Input};
 
 use super::resources::Resources;
@@ -164,6 +166,7 @@ impl HaHandle {
 
 enum Internal {
     Datagram { link: u8, bytes: Vec<u8> },
+    Clients(Vec<u8>),
     Witness(Vec<u8>),
     Done(manager::Input),
 }
@@ -186,6 +189,7 @@ pub async fn start(
     let boot = super::next_boot(&cluster.state_dir)?;
     let core = cluster.ha_config(boot);
     let node = HaNode::new(core, &secret).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+    let key = ClusterKey::new(&secret).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
     let mgr = Manager::new(cluster.manager_config());
     let links = cluster.link_addrs();
     let mut sockets = Vec::new();
@@ -229,7 +233,12 @@ pub async fn start(
                             if from.ip() != peer.ip() {
                                 continue;
                             }
-                            let m = Internal::Datagram { link: i as u8, bytes: buf[..n].to_vec() };
+                            let bytes = buf[..n].to_vec();
+                            let m = if is_client_list(&bytes) {
+                                Internal::Clients(bytes)
+                            } else {
+                                Internal::Datagram { link: i as u8, bytes }
+                            };
                             if tx.try_send(m).is_err() {
                                 tracing::debug!("HA input queue full; heartbeat dropped");
                             }
@@ -279,6 +288,9 @@ pub async fn start(
         events: VecDeque::new(),
         status: status_tx,
         resolve: Vec::new(),
+        key,
+        clients_seq: 0,
+        peer_clients: None,
     };
     info!(
         cluster = %cluster.name,
@@ -314,6 +326,10 @@ struct Owner {
     status: watch::Sender<Arc<HaSnapshot>>,
     /// Open `fence-peer` questions: (asked at ms, reply).
     resolve: Vec<(u64, oneshot::Sender<(i32, String)>)>,
+    key: ClusterKey,
+    clients_seq: u64,
+    /// The peer's newest client list (its initiators' connections on the portal IPs).
+    peer_clients: Option<ClientList>,
 }
 
 impl Owner {
@@ -336,6 +352,8 @@ impl Owner {
         let mut can_run_tick = tokio::time::interval(Duration::from_millis(100));
         can_run_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_can_run = None;
+        let mut clients_tick = tokio::time::interval(Duration::from_millis(500));
+        clients_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Clean shutdown: (deadline, passive since).
         let mut leaving: Option<(Instant, Option<Instant>)> = None;
         loop {
@@ -375,6 +393,7 @@ impl Owner {
                     leaving = Some((Instant::now() + Duration::from_secs(30), None));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                _ = clients_tick.tick() => self.send_clients(),
                 _ = can_run_tick.tick() => {
                     let c = self.res.can_run();
                     if last_can_run != Some(c) {
@@ -390,6 +409,7 @@ impl Owner {
                         Internal::Datagram { link, bytes } => {
                             self.node.handle(now, Input::Datagram { link, bytes });
                         }
+                        Internal::Clients(bytes) => self.on_clients(&bytes),
                         Internal::Witness(bytes) => {
                             self.node.handle(now, Input::WitnessDatagram { bytes });
                         }
@@ -498,9 +518,18 @@ impl Owner {
             manager::Action::Start { takeover } => {
                 let res = self.res.clone();
                 let tx = self.itx.clone();
+                // The old holder's initiator connections, to tickle after a takeover.
+                let tickle = if takeover {
+                    self.peer_clients
+                        .take()
+                        .map(|c| c.connections)
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let r = res.start(takeover).await;
+                    let r = res.start(takeover, tickle).await;
                     info!(
                         takeover,
                         elapsed_ms = t0.elapsed().as_millis() as u64,
@@ -557,6 +586,56 @@ impl Owner {
                 std::process::exit(70);
             }
         }
+    }
+
+    /// While active: tell the peer which initiator connections this head holds on the
+    /// portal IPs (for tickle ACKs after a takeover).
+    fn send_clients(&mut self) {
+        if self.mgr.state() != manager::ServiceState::Active || self.sockets.is_empty() {
+            return;
+        }
+        let vips = self.res.vip_ips();
+        let connections: Vec<(SocketAddr, SocketAddr)> = self
+            .res
+            .server
+            .status()
+            .sessions
+            .iter()
+            .filter_map(|s| {
+                let local = s.local?;
+                vips.contains(&local.ip()).then_some((local, s.peer))
+            })
+            .collect();
+        self.clients_seq += 1;
+        let list = ClientList {
+            sender: self.cluster.node_id,
+            cluster_id: super::cluster_id(&self.cluster.name),
+            stamp: Stamp {
+                boot: self.boot,
+                seq: self.clients_seq,
+            },
+            connections,
+        };
+        let bytes = list.encode(&self.key);
+        for (s, (_, peer)) in self.sockets.iter().zip(&self.links) {
+            let _ = s.try_send_to(&bytes, *peer);
+        }
+    }
+
+    fn on_clients(&mut self, bytes: &[u8]) {
+        let Ok(list) = ClientList::decode(bytes, &self.key) else {
+            return;
+        };
+        if list.sender != self.cluster.peer_node_id
+            || list.cluster_id != super::cluster_id(&self.cluster.name)
+            || self
+                .peer_clients
+                .as_ref()
+                .is_some_and(|c| c.stamp >= list.stamp)
+        {
+            return;
+        }
+        self.peer_clients = Some(list);
     }
 
     /// Answer open `fence-peer` questions whose answer is known.

@@ -13,6 +13,7 @@
 //! `handle(now_ms, input)`, then `poll_action()` until `None`, then sleep until
 //! `next_timeout_ms()` or the next datagram.
 
+pub mod clients;
 pub mod manager;
 pub mod membership;
 pub mod node;

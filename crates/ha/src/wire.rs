@@ -279,13 +279,13 @@ impl ClusterKey {
             .map_err(|_| too_short)
     }
 
-    fn tag(&self, covered: &[u8]) -> [u8; MAC_BYTES] {
+    pub(crate) fn tag(&self, covered: &[u8]) -> [u8; MAC_BYTES] {
         let mut m = self.0.clone();
         m.update(covered);
         m.finalize().into_bytes().into()
     }
 
-    fn verify(&self, covered: &[u8], tag: &[u8]) -> Result<(), WireError> {
+    pub(crate) fn verify(&self, covered: &[u8], tag: &[u8]) -> Result<(), WireError> {
         let mut m = self.0.clone();
         m.update(covered);
         m.verify_slice(tag).map_err(|_| WireError::BadMac)
