@@ -459,6 +459,84 @@ mod tests {
         assert!(e.contains("corrupt"), "{e}");
     }
 
+    fn problems(toml_text: &str) -> Vec<String> {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t.toml");
+        std::fs::write(&f, toml_text).unwrap();
+        match crate::config::load(&f) {
+            Ok(_) => Vec::new(),
+            Err(ps) => ps
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.reason))
+                .collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[cluster]
+name = "c1"
+node_id = 1
+peer_node_id = 2
+secret_file = "/nonexistent/secret"
+state_dir = "/tmp/x"
+[[cluster.link]]
+local = "10.0.0.1:7790"
+peer = "10.0.0.2:7790"
+[cluster.fence]
+agent = "process"
+netns = "peer"
+[[cluster.vip]]
+address = "10.0.0.100/24"
+interface = "eth0"
+"#;
+
+    #[test]
+    fn a_valid_cluster_section_passes_and_every_mistake_is_named() {
+        assert!(problems(GOOD).is_empty(), "{:?}", problems(GOOD));
+        let cases = [
+            (
+                "peer_node_id = 2",
+                "peer_node_id = 1",
+                "cluster.peer_node_id",
+            ),
+            (
+                "peer = \"10.0.0.2:7790\"",
+                "peer = \"10.0.0.2\"",
+                "cluster.link[0].peer",
+            ),
+            (
+                "agent = \"process\"",
+                "agent = \"ipmi\"",
+                "cluster.fence.agent",
+            ),
+            ("netns = \"peer\"", "", "cluster.fence"),
+            ("10.0.0.100/24", "10.0.0.100/40", "cluster.vip[0].address"),
+            (
+                "name = \"c1\"",
+                "name = \"c1\"\nno_quorum_policy = \"panic\"",
+                "cluster.no_quorum_policy",
+            ),
+            (
+                "name = \"c1\"",
+                "name = \"c1\"\nwitness = \"w:1\"",
+                "cluster.witness",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            let ps = problems(&text);
+            assert!(
+                ps.iter().any(|p| p.starts_with(key)),
+                "{key} not named for {to:?}: {ps:?}"
+            );
+        }
+        let no_links = GOOD.replace(
+            "[[cluster.link]]\nlocal = \"10.0.0.1:7790\"\npeer = \"10.0.0.2:7790\"\n",
+            "",
+        );
+        assert!(problems(&no_links).iter().any(|p| p.contains("link")));
+    }
+
     #[test]
     fn both_heads_derive_the_same_cluster_id_and_names_differ() {
         assert_eq!(cluster_id("demo"), cluster_id("demo"));

@@ -158,6 +158,12 @@ impl RawSession {
         self.sock.write_all(&buf).expect("send");
     }
 
+    /// Set the read timeout of the connection: every later `recv` (and so `command`)
+    /// waits at most `t` for the target.
+    pub fn set_timeout(&self, t: Duration) {
+        self.sock.set_read_timeout(Some(t)).expect("timeout");
+    }
+
     /// Send raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.sock.write_all(bytes)

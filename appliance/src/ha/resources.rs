@@ -115,6 +115,19 @@ impl Resources {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             a.default_timeout_ms = r.timeout_ms;
+            // Refuse at start what would only fail at the first failover: a missing or
+            // non-executable agent, parameters its meta-data requires, validate-all.
+            a.validate()
+                .map_err(|e| anyhow::anyhow!("cluster.resource {}: {e}", r.name))?;
+            let meta = a
+                .meta_data()
+                .map_err(|e| anyhow::anyhow!("cluster.resource {}: {e}", r.name))?;
+            a.check_params(&meta)
+                .map_err(|e| anyhow::anyhow!("cluster.resource {}: {e}", r.name))?;
+            let v = a.validate_all();
+            if !matches!(v.status, OcfStatus::Success | OcfStatus::ErrUnimplemented) {
+                anyhow::bail!("cluster.resource {}: validate-all: {v}", r.name);
+            }
             ocf.push(a);
         }
         let fencer = match &cluster.fence {
@@ -215,6 +228,15 @@ impl Resources {
         {
             Ok(r) => r,
             Err(e) => (false, format!("fence task failed: {e}")),
+        }
+    }
+
+    /// Remove every portal IP at once (blocking; for self-fencing).
+    pub fn remove_vips_now(&self) {
+        for (name, v) in &self.vips {
+            if let Err(e) = lock(v).stop() {
+                tracing::error!(vip = %name, "cannot remove the portal IP: {e}");
+            }
         }
     }
 

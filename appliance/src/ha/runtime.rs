@@ -582,8 +582,15 @@ impl Owner {
                 });
             }
             manager::Action::Suicide => {
+                // Fence ourselves: no orderly stop (that is what `stop` is for); only
+                // the portal IPs go, so the peer's takeover does not meet them.
                 tracing::error!("no quorum and no-quorum-policy=suicide: exiting at once");
-                std::process::exit(70);
+                self.res.server.drop_connections();
+                let res = self.res.clone();
+                std::thread::spawn(move || {
+                    res.remove_vips_now();
+                    std::process::exit(70);
+                });
             }
         }
     }

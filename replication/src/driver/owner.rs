@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +107,22 @@ pub(super) struct Owner {
     meta_error: Option<String>,
     /// The deadline of the last Tick delivered (to avoid spinning on a past deadline).
     last_tick_due: u64,
+    /// Moving average of a data write's duration (ns), from both paths below.
+    write_avg_ns: Arc<AtomicU64>,
+}
+
+/// Data writes up to this size run on the owner task itself while the moving average
+/// of a write stays below [`INLINE_WRITE_AVG_MAX_NS`] (page cache, tmpfs, NVMe with a
+/// write cache): a hand-off to the blocking pool and back costs more than the write.
+const INLINE_WRITE_BYTES_MAX: usize = 128 * 1024;
+/// See [`INLINE_WRITE_BYTES_MAX`].
+const INLINE_WRITE_AVG_MAX_NS: u64 = 30_000;
+
+/// Fold one write's duration into the moving average (weight 1/8).
+fn note_write_ns(avg: &AtomicU64, ns: u64) {
+    let old = avg.load(Ordering::Relaxed);
+    let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+    avg.store(new, Ordering::Relaxed);
 }
 
 impl Owner {
@@ -162,6 +178,7 @@ impl Owner {
             handler_runs: VecDeque::new(),
             meta_error: None,
             last_tick_due: 0,
+            write_avg_ns: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -546,8 +563,14 @@ impl Owner {
                     self.cfg.name.clone(),
                 );
                 self.disk_inflight += 1;
-                tokio::task::spawn_blocking(move || {
+                let avg = self.write_avg_ns.clone();
+                let inline = !fua
+                    && data.len() <= INLINE_WRITE_BYTES_MAX
+                    && avg.load(Ordering::Relaxed) < INLINE_WRITE_AVG_MAX_NS;
+                let write = move || {
+                    let t0 = std::time::Instant::now();
                     let r = dev.write_at(&data, offset_bytes, fua);
+                    note_write_ns(&avg, t0.elapsed().as_nanos() as u64);
                     if let Err(e) = &r {
                         tracing::error!(volume = %name, "data write failed: {e}");
                     }
@@ -555,7 +578,14 @@ impl Owner {
                         token,
                         result: r.map(|()| None).map_err(|_| ()),
                     });
-                });
+                };
+                if inline {
+                    // Completion still arrives through the done channel, in order with
+                    // everything else the owner handles.
+                    write();
+                } else {
+                    tokio::task::spawn_blocking(write);
+                }
             }
             Action::DiskRead {
                 token,
