@@ -7,6 +7,7 @@
 
 pub mod netns;
 pub mod raw;
+pub mod ha;
 pub mod repl;
 
 use std::io::Read;

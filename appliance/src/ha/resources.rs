@@ -231,6 +231,33 @@ impl Resources {
         }
     }
 
+    /// After the peer was fenced while this head runs the service: drop replication
+    /// links that have not noticed yet and listen again (the peer rejoins when it is
+    /// back), so writes waiting for the dead peer complete now.
+    pub async fn reset_replication_links(&self) {
+        for h in &self.volumes {
+            let connected = h
+                .status()
+                .await
+                .is_some_and(|s| s.replica.conn.is_connected());
+            if !connected {
+                continue;
+            }
+            tracing::info!(volume = %h.name(), "the peer is fenced: dropping its replication link");
+            if let Err(e) = h.admin(AdminCmd::Disconnect).await {
+                tracing::warn!(volume = %h.name(), "disconnect: {e}");
+            }
+            if let Err(e) = h
+                .admin(AdminCmd::Connect {
+                    discard_my_data: false,
+                })
+                .await
+            {
+                tracing::warn!(volume = %h.name(), "connect: {e}");
+            }
+        }
+    }
+
     /// Remove every portal IP at once (blocking; for self-fencing).
     pub fn remove_vips_now(&self) {
         for (name, v) in &self.vips {

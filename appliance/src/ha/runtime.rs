@@ -508,8 +508,14 @@ impl Owner {
             manager::Action::FencePeer => {
                 let res = self.res.clone();
                 let tx = self.itx.clone();
+                let active = self.mgr.state() == manager::ServiceState::Active;
                 tokio::spawn(async move {
                     let (ok, report) = res.fence_peer().await;
+                    if ok && active {
+                        // The peer is off: writes still waiting for its acknowledgement
+                        // need not wait for the replication link's ping timeout.
+                        res.reset_replication_links().await;
+                    }
                     let _ = tx
                         .send(Internal::Done(manager::Input::FenceDone { ok, report }))
                         .await;
