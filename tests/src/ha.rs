@@ -283,11 +283,7 @@ impl Demo {
         );
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "demo up failed: {}\n{}",
-                out_text(&o),
-                demo.logs_text(40)
-            ),
+            Ok(o) => panic!("demo up failed: {}\n{}", out_text(&o), demo.logs_text(40)),
             Err(e) => panic!("demo up: {e}\n{}", demo.logs_text(40)),
         }
         eprintln!(
@@ -577,7 +573,12 @@ impl Demo {
     pub fn ip(&self, args: &[&str]) {
         let o = run_bounded(Command::new("ip").args(args), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(o.status.success(), "ip {}: {}", args.join(" "), out_text(&o));
+        assert!(
+            o.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            out_text(&o)
+        );
     }
 
     /// Compare `len` bytes at `offset` of both heads' backing files (the data area starts
@@ -650,6 +651,22 @@ pub fn enter_netns(ns: &str) {
     assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
 
+/// The raw initiator panics on I/O errors; the writer and the verifier catch those
+/// panics. Keep the default hook from printing them (threads named `ha-*`), once per
+/// process; other threads' panics print as usual.
+fn quiet_panics_in_io_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let name = std::thread::current().name().map(str::to_owned);
+            if !name.is_some_and(|n| n.starts_with("ha-")) {
+                prev(info);
+            }
+        }));
+    });
+}
+
 fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
     e.downcast_ref::<String>()
         .cloned()
@@ -709,6 +726,8 @@ pub struct WriteRecord {
     pub lba: u64,
     /// When it was sent.
     pub sent: Instant,
+    /// When its outcome was known (acknowledged, failed, timed out).
+    pub ended: Instant,
     /// When it was acknowledged with GOOD (`None`: not acknowledged).
     pub acked: Option<Instant>,
     /// SCSI status when it was not GOOD.
@@ -746,6 +765,7 @@ pub struct Writer {
 impl Writer {
     /// Start writing (the thread logs in from inside `portal.ns`).
     pub fn start(portal: Portal, opts: WriterOptions) -> Writer {
+        quiet_panics_in_io_threads();
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(AtomicU64::new(0));
         let (s2, a2) = (stop.clone(), acks.clone());
@@ -831,10 +851,8 @@ fn writer_loop(p: &Portal, opts: WriterOptions, stop: &AtomicBool, acks: &Atomic
                     log.login_failures += 1;
                     log.last_login_error = Some(e.clone());
                     if last_login_ok.elapsed() > opts.give_up {
-                        log.gave_up = Some(format!(
-                            "no login for {:?}; last error: {e}",
-                            opts.give_up
-                        ));
+                        log.gave_up =
+                            Some(format!("no login for {:?}; last error: {e}", opts.give_up));
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -851,6 +869,7 @@ fn writer_loop(p: &Portal, opts: WriterOptions, stop: &AtomicBool, acks: &Atomic
             seq,
             lba,
             sent,
+            ended: Instant::now(),
             acked: None,
             status: None,
             sense: None,
@@ -858,7 +877,7 @@ fn writer_loop(p: &Portal, opts: WriterOptions, stop: &AtomicBool, acks: &Atomic
         };
         match r {
             Ok(Ok((0, ..))) => {
-                rec.acked = Some(Instant::now());
+                rec.acked = Some(rec.ended);
                 acks.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Ok((st, sense, ..))) => {
@@ -912,13 +931,34 @@ impl WriterLog {
             .map(|a| a.duration_since(t))
     }
 
+    /// Time from `t` to the first acknowledgement after the first failure that ended at
+    /// or after `t`: the outage a fault at `t` caused to the writer (a write in flight at
+    /// the fault may still be acknowledged; the first failure shows the fault reached
+    /// the writer). `None` when no write failed after `t` or none succeeded after that.
+    pub fn resumed_after(&self, t: Instant) -> Option<Duration> {
+        let fail = self
+            .records
+            .iter()
+            .find(|r| r.acked.is_none() && r.ended >= t)?;
+        self.records
+            .iter()
+            .skip_while(|r| r.seq <= fail.seq)
+            .find_map(|r| r.acked)
+            .map(|a| a.duration_since(t))
+    }
+
     /// The largest gap between consecutive acknowledgements from the last one before
     /// `t` on (the gap spanning `t` included).
     pub fn max_gap_after(&self, t: Instant) -> Option<Duration> {
-        let acks = self.ack_times();
-        let start = acks.iter().rposition(|&a| a < t).unwrap_or(0);
-        acks[start..]
+        self.max_gap_between(t, None)
+    }
+
+    /// The largest gap between consecutive acknowledgements (x, y) with y at or after
+    /// `from` and x before `to` (when given).
+    pub fn max_gap_between(&self, from: Instant, to: Option<Instant>) -> Option<Duration> {
+        self.ack_times()
             .windows(2)
+            .filter(|w| w[1] >= from && to.is_none_or(|t| w[0] < t))
             .map(|w| w[1].duration_since(w[0]))
             .max()
     }
@@ -1015,8 +1055,7 @@ pub fn check(log: &WriterLog, data: &[u8]) -> Result<VerifyReport, String> {
             let ok = match got {
                 Block::Zero => la.is_none(),
                 Block::Written { tag, seq } => {
-                    tag == o.tag
-                        && (la == Some(u64::from(seq)) || later.contains(&u64::from(seq)))
+                    tag == o.tag && (la == Some(u64::from(seq)) || later.contains(&u64::from(seq)))
                 }
                 Block::Garbage => false,
             };
@@ -1050,38 +1089,42 @@ pub fn check(log: &WriterLog, data: &[u8]) -> Result<VerifyReport, String> {
 /// Read the writer's region back through `portal` (logging in with retries for up to
 /// 30 s) and [`check`] it. `Err` on a violation or when the region cannot be read.
 pub fn try_verify(portal: &Portal, log: &WriterLog) -> Result<VerifyReport, String> {
+    quiet_panics_in_io_threads();
     let (portal, o) = (portal.clone(), log.opts.clone());
-    let data = std::thread::spawn(move || -> Result<Vec<u8>, String> {
-        enter_netns(&portal.ns);
-        let t0 = Instant::now();
-        let mut s = loop {
-            match try_login(
-                &portal,
-                "iqn.2026-11.org.twinsan.test:ha-verify",
-                Duration::from_secs(10),
-            ) {
-                Ok(s) => break s,
-                Err(e) if t0.elapsed() > Duration::from_secs(30) => {
-                    return Err(format!("verify: cannot log in: {e}"))
+    let data = std::thread::Builder::new()
+        .name("ha-verify".into())
+        .spawn(move || -> Result<Vec<u8>, String> {
+            enter_netns(&portal.ns);
+            let t0 = Instant::now();
+            let mut s = loop {
+                match try_login(
+                    &portal,
+                    "iqn.2026-11.org.twinsan.test:ha-verify",
+                    Duration::from_secs(10),
+                ) {
+                    Ok(s) => break s,
+                    Err(e) if t0.elapsed() > Duration::from_secs(30) => {
+                        return Err(format!("verify: cannot log in: {e}"))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
-        catch_unwind(AssertUnwindSafe(|| {
-            let (blocks, bs) = capacity(&mut s);
-            assert_eq!(bs, BLOCK, "block size");
-            let n = o.slots * u64::from(BLOCKS_PER_WRITE);
-            assert!(
-                o.base_lba + n <= blocks,
-                "region {}+{n} beyond the LUN ({blocks} blocks)",
-                o.base_lba
-            );
-            read_blocks(&mut s, o.base_lba, n, BLOCK)
-        }))
-        .map_err(|e| format!("verify: reading the region: {}", panic_text(&*e)))
-    })
-    .join()
-    .map_err(|e| panic_text(&*e))??;
+            };
+            catch_unwind(AssertUnwindSafe(|| {
+                let (blocks, bs) = capacity(&mut s);
+                assert_eq!(bs, BLOCK, "block size");
+                let n = o.slots * u64::from(BLOCKS_PER_WRITE);
+                assert!(
+                    o.base_lba + n <= blocks,
+                    "region {}+{n} beyond the LUN ({blocks} blocks)",
+                    o.base_lba
+                );
+                read_blocks(&mut s, o.base_lba, n, BLOCK)
+            }))
+            .map_err(|e| format!("verify: reading the region: {}", panic_text(&*e)))
+        })
+        .expect("spawn verifier")
+        .join()
+        .map_err(|e| panic_text(&*e))??;
     check(log, &data)
 }
 

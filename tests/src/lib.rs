@@ -5,9 +5,9 @@
 //!
 //! Owns: process and temp-file lifecycle for tests. It never talks iSCSI itself.
 
+pub mod ha;
 pub mod netns;
 pub mod raw;
-pub mod ha;
 pub mod repl;
 
 use std::io::Read;

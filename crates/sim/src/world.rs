@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub protocol: Protocol,
     /// Random steps before the final heal-and-check phase.
     pub steps: u32,
+    /// Fencing `resource-and-stonith` (writes the peer never confirmed are acknowledged
+    /// only once the fence-peer handler says the peer is fenced).
+    pub stonith: bool,
     /// A deliberate bug to plant (simulator self-test).
     #[cfg(feature = "bug-injection")]
     pub bug: Option<twinsan_replication::replica::InjectedBug>,
@@ -67,6 +70,7 @@ impl SimConfig {
             seed,
             scenario,
             protocol,
+            stonith: scenario == Scenario::Failover && seed % 4 == 1,
             steps: 400,
             #[cfg(feature = "bug-injection")]
             bug: None,
@@ -119,6 +123,19 @@ enum Ev {
     Repair {
         node: usize,
         inc: u64,
+    },
+    /// A handler (fence-peer under resource-and-stonith) finishes.
+    HandlerDone {
+        node: usize,
+        inc: u64,
+        handler: twinsan_replication::replica::Handler,
+        exit_code: i32,
+    },
+    /// The HA layer gives up frozen I/O (`DropFrozenIo`) or resumes it (`ResumeIo`).
+    FrozenIo {
+        node: usize,
+        inc: u64,
+        drop: bool,
     },
     Heal,
 }
@@ -323,6 +340,9 @@ impl World {
         c.epoch_writes_max = 16;
         c.bitmap_chunk_words = 16;
         c.csums = self.cfg.seed.is_multiple_of(3);
+        if self.cfg.stonith {
+            c.fencing = twinsan_replication::types::Fencing::ResourceAndStonith;
+        }
         if self.cfg.seed.is_multiple_of(7) {
             // Rate-controlled resync: capped, and throttled further under writes.
             c.resync_rate_max_bytes_per_s = 8 << 20;
@@ -531,8 +551,29 @@ impl World {
                 }
             }
             Action::RunHandler(h) => {
-                let t = self.now + 5;
-                let _ = t;
+                if self.cfg.stonith && h == twinsan_replication::replica::Handler::FencePeer {
+                    // The HA layer answers after a while: mostly "peer fenced" (7),
+                    // sometimes "not safe" (1), after which it later drops or resumes
+                    // the frozen I/O.
+                    let inc = self.nodes[n].inc;
+                    let t = self.now + self.rng.range(5, 300);
+                    let exit_code = if self.rng.range(0, 4) == 0 { 1 } else { 7 };
+                    self.schedule(
+                        t,
+                        Ev::HandlerDone {
+                            node: n,
+                            inc,
+                            handler: h,
+                            exit_code,
+                        },
+                    );
+                    if exit_code == 1 {
+                        let t2 = t + self.rng.range(100, 1000);
+                        let drop = self.rng.range(0, 2) == 0;
+                        self.schedule(t2, Ev::FrozenIo { node: n, inc, drop });
+                    }
+                    return;
+                }
                 self.input(
                     n,
                     Input::HandlerDone {
@@ -1021,6 +1062,26 @@ impl World {
                 if self.nodes[node].inc == inc && self.alive(node) {
                     self.note_sync_state(node);
                     self.crash(node);
+                }
+            }
+            Ev::HandlerDone {
+                node,
+                inc,
+                handler,
+                exit_code,
+            } => {
+                if self.nodes[node].inc == inc && self.alive(node) {
+                    self.input(node, Input::HandlerDone { handler, exit_code });
+                }
+            }
+            Ev::FrozenIo { node, inc, drop } => {
+                if self.nodes[node].inc == inc && self.alive(node) {
+                    let cmd = if drop {
+                        AdminCmd::DropFrozenIo
+                    } else {
+                        AdminCmd::ResumeIo
+                    };
+                    self.input(node, Input::Admin { id: 0, cmd });
                 }
             }
             Ev::Restart { node } => {

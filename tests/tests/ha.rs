@@ -1,0 +1,432 @@
+//! End-to-end HA tests on the two-head demo appliance (`twinsan demo up`, as root; they
+//! skip otherwise): a writer keeps writing through the portal IP from the client
+//! namespace while heads are killed, hung, partitioned, moved, put in standby or have
+//! their portal IP removed; afterwards every acknowledged write must be readable
+//! through the portal IP.
+//!
+//! The tests are timing-sensitive, so one global lock runs them one at a time.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use twinsan_e2e::ha::{
+    failcount, head, is_active, is_healthy_passive, other, portal_reachable, running, service,
+    verify, vip_held, vol, waiting, Demo, DemoOptions, Writer, WriterLog, WriterOptions, VIP_CIDR,
+};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Bound of a wait for a takeover or a move.
+const TAKEOVER: Duration = Duration::from_secs(20);
+/// Bound of a wait for a head to rejoin (start, connect, resync).
+const REJOIN: Duration = Duration::from_secs(30);
+/// Bound of a wait for the writer's progress.
+const PROGRESS: Duration = Duration::from_secs(30);
+
+/// Start the writer and wait until it wrote a little (the portal works).
+fn start_writer(demo: &Demo) -> Writer {
+    let w = Writer::start(demo.portal(), WriterOptions::default());
+    wait_acks(demo, &w, 20, "the first 20 acknowledged writes");
+    w
+}
+
+/// Wait until the writer has `n` acknowledged writes in total; panic with diagnostics.
+fn wait_acks(demo: &Demo, w: &Writer, n: u64, what: &str) {
+    if !w.wait_acks(n, PROGRESS) {
+        let have = w.acks();
+        panic!(
+            "writer: {what}: {have} of {n} acknowledged writes after {PROGRESS:?}\n{}",
+            demo.diagnostics()
+        );
+    }
+}
+
+/// Print the outage seen by the writer after `t`.
+fn report_outage(what: &str, log: &WriterLog, t: Instant) {
+    eprintln!(
+        "{what}: writes resumed {:?} after the fault, largest gap {:?}; {}",
+        log.resumed_after(t),
+        log.max_gap_after(t),
+        log.summary()
+    );
+}
+
+/// Stop the writer, check that it wrote after `t`, verify every acknowledged write.
+fn finish(demo: &Demo, w: Writer, t: Instant, min_after: usize, what: &str) -> WriterLog {
+    let log = w.stop();
+    report_outage(what, &log, t);
+    assert!(
+        log.gave_up.is_none(),
+        "the writer gave up: {}\n{}",
+        log.summary(),
+        demo.diagnostics()
+    );
+    let after = log.acked_after(t);
+    assert!(
+        after >= min_after,
+        "only {after} acknowledged writes after the fault (want >= {min_after}): {}\n{}",
+        log.summary(),
+        demo.diagnostics()
+    );
+    let rep = verify(demo, &log);
+    eprintln!("{what}: verified {rep:?}");
+    log
+}
+
+fn done(what: &str, t0: Instant) {
+    eprintln!("{what}: passed in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// a. SIGKILL of the active head under write load: the other head takes over, writes
+/// resume through the portal IP; the killed head, revived, rejoins as the passive head
+/// and resyncs.
+#[test]
+fn sigkill_of_the_active_head() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    let act = demo.active_head().expect("an active head after demo up");
+    let pas = other(&act);
+    let w = start_writer(&demo);
+    let t_kill = Instant::now();
+    assert!(demo.kill(&act, libc::SIGKILL), "kill -9 head {act}");
+    demo.wait_until(&format!("head {pas} is active"), TAKEOVER, |s| {
+        is_active(s, pas) && !running(s, &act)
+    });
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the takeover");
+    let log = finish(&demo, w, t_kill, 50, "SIGKILL");
+    demo.revive(&act);
+    demo.wait_until(
+        &format!("head {act} is passive and in sync again"),
+        REJOIN,
+        |s| {
+            is_healthy_passive(s, &act)
+                && is_active(s, pas)
+                && vol(s, pas, "disk") == "UpToDate"
+                && vol(s, pas, "connection") == "Connected"
+        },
+    );
+    // The resync brought the revived head's disk up to date.
+    let region = (log.opts.slots * 8 * 512) as usize;
+    let diff = demo.disk_diff(0, region);
+    assert!(
+        diff.is_empty(),
+        "backing files differ after the resync at byte offsets {diff:?}\n{}",
+        demo.diagnostics()
+    );
+    verify(&demo, &log);
+    done("SIGKILL", t0);
+}
+
+/// b. SIGSTOP of the active head (a hung node), SIGCONT after the takeover: the other
+/// head fences it (the process agent kills it) and takes over.
+#[test]
+fn sigstop_of_the_active_head() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    let act = demo.active_head().expect("an active head after demo up");
+    let pas = other(&act);
+    let w = start_writer(&demo);
+    let t_stop = Instant::now();
+    assert!(demo.kill(&act, libc::SIGSTOP), "kill -STOP head {act}");
+    let st = demo.wait_until(&format!("head {pas} is active"), TAKEOVER, |s| {
+        is_active(s, pas)
+    });
+    // Resume the hung head (if it still exists): it must not come back to life.
+    let resumed = demo.kill(&act, libc::SIGCONT);
+    eprintln!(
+        "SIGCONT to head {act}: {}",
+        if resumed {
+            "delivered"
+        } else {
+            "no such process (fenced)"
+        }
+    );
+    assert!(
+        !head(&st, pas)["ha"]["last_fence"].is_null(),
+        "head {pas} took over without fencing the hung head: {}",
+        head(&st, pas)["ha"]
+    );
+    demo.wait_until(&format!("head {act} is dead (fenced)"), TAKEOVER, |s| {
+        !running(s, &act) && is_active(s, pas)
+    });
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the takeover");
+    finish(&demo, w, t_stop, 50, "SIGSTOP");
+    // Still one active head, and the fenced one stays dead.
+    let s = demo.status();
+    assert!(
+        is_active(&s, pas) && !running(&s, &act),
+        "after SIGCONT: {}\n{}",
+        twinsan_e2e::ha::compact_status(&s),
+        demo.diagnostics()
+    );
+    done("SIGSTOP", t0);
+}
+
+/// c. Partition with the witness and `--no-fence-with-witness`: head A (active) is cut
+/// off from head B and the witness (the client still reaches it): A loses quorum and
+/// stops the service, B takes over with the witness's vote; healed, A rejoins passive.
+#[test]
+fn partition_with_witness() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions {
+        fence_with_witness: false,
+        ..DemoOptions::default()
+    }) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let w = start_writer(&demo);
+    let t_part = Instant::now();
+    demo.partition(&[("a0", "b0"), ("a1", "b1"), ("a0", "w0")]);
+    demo.wait_until(
+        "head a (minority) stopped the service and head b took over",
+        TAKEOVER,
+        |s| {
+            running(s, "a")
+                && service(s, "a") == "passive"
+                && !vip_held(s, "a")
+                && vol(s, "a", "role") == "Secondary"
+                && is_active(s, "b")
+        },
+    );
+    let s = demo.status();
+    assert_eq!(
+        head(&s, "a")["ha"]["quorum"].as_bool(),
+        Some(false),
+        "head a keeps quorum in the minority: {}",
+        head(&s, "a")["ha"]
+    );
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the partition");
+    let t_heal = Instant::now();
+    demo.heal();
+    demo.wait_until("head a rejoined as the passive head", REJOIN, |s| {
+        is_healthy_passive(s, "a") && is_active(s, "b") && vol(s, "b", "connection") == "Connected"
+    });
+    wait_acks(&demo, &w, w.acks() + 20, "20 writes after healing");
+    let log = finish(&demo, w, t_part, 50, "partition with witness");
+    eprintln!(
+        "partition with witness: {} acknowledged writes after healing",
+        log.acked_after(t_heal)
+    );
+    done("partition with witness", t0);
+}
+
+/// d. Partition without a witness: A and B lose each other on both links; the active
+/// head A fences B at once (the passive side waits) and keeps serving.
+#[test]
+fn partition_without_witness() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions {
+        witness: false,
+        ..DemoOptions::default()
+    }) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let w = start_writer(&demo);
+    let t_part = Instant::now();
+    demo.partition(&[("a0", "b0"), ("a1", "b1")]);
+    demo.wait_until("head a fenced head b and still serves", TAKEOVER, |s| {
+        !running(s, "b") && is_active(s, "a")
+    });
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the partition");
+    let s = demo.status();
+    assert!(
+        !head(&s, "a")["ha"]["last_fence"].is_null(),
+        "head a reports no fence: {}",
+        head(&s, "a")["ha"]
+    );
+    let log = finish(&demo, w, t_part, 50, "partition without witness");
+    // Healed and revived, B rejoins as the passive head and resyncs.
+    demo.heal();
+    demo.revive("b");
+    demo.wait_until("head b rejoined as the passive head", REJOIN, |s| {
+        is_healthy_passive(s, "b") && is_active(s, "a")
+    });
+    verify(&demo, &log);
+    done("partition without witness", t0);
+}
+
+/// e. Planned move to B and back under write load: no write fails with MEDIUM ERROR.
+#[test]
+fn planned_move_and_back() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let w = start_writer(&demo);
+    let t_move = Instant::now();
+    demo.ha_ok("b", &["move"]);
+    demo.wait_until("the service moved to head b", TAKEOVER, |s| {
+        is_active(s, "b") && is_healthy_passive(s, "a")
+    });
+    let t1 = t_move.elapsed();
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the move to b");
+    let t_back = Instant::now();
+    demo.ha_ok("a", &["move"]);
+    demo.wait_until("the service moved back to head a", TAKEOVER, |s| {
+        is_active(s, "a") && is_healthy_passive(s, "b")
+    });
+    let t2 = t_back.elapsed();
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the move back");
+    let log = finish(&demo, w, t_move, 100, "planned move");
+    eprintln!(
+        "planned move: to b in {t1:?} (outage {:?}), back to a in {t2:?} (outage {:?})",
+        log.max_gap_between(t_move, Some(t_back)),
+        log.max_gap_after(t_back)
+    );
+    let medium: Vec<_> = log
+        .failed()
+        .filter(|r| r.sense.is_some_and(|(k, ..)| k == 0x03))
+        .collect();
+    assert!(
+        medium.is_empty(),
+        "writes failed with MEDIUM ERROR during a planned move: {medium:?}"
+    );
+    done("planned move", t0);
+}
+
+/// f. Standby of the active head: the service moves to B; `online` leaves it on B.
+#[test]
+fn standby_and_online() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let w = start_writer(&demo);
+    let t_sb = Instant::now();
+    demo.ha_ok("a", &["standby"]);
+    demo.wait_until(
+        "head b runs the service, head a in standby",
+        TAKEOVER,
+        |s| is_active(s, "b") && service(s, "a") == "passive" && !vip_held(s, "a"),
+    );
+    let s = demo.status();
+    assert_eq!(
+        head(&s, "a")["ha"]["standby"].as_bool(),
+        Some(true),
+        "head a does not say standby: {}",
+        head(&s, "a")["ha"]
+    );
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the standby");
+    demo.ha_ok("a", &["online"]);
+    demo.wait_until("head a left standby", TAKEOVER, |s| {
+        head(s, "a")["ha"]["standby"].as_bool() == Some(false)
+    });
+    demo.assert_for(
+        "the service stays on head b after `online` on a",
+        Duration::from_secs(3),
+        |s| is_active(s, "b") && service(s, "a") == "passive" && !vip_held(s, "a"),
+    );
+    wait_acks(&demo, &w, w.acks() + 20, "20 writes after online");
+    finish(&demo, w, t_sb, 70, "standby");
+    done("standby", t0);
+}
+
+/// g. Monitor failures: the portal IP removed from the active head's eth0 is noticed,
+/// the service restarted there (failcount 1, 2); the third failure moves it to B;
+/// `ha cleanup` resets the failcount.
+#[test]
+fn monitor_failures_move_the_service() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let w = start_writer(&demo);
+    let t_first = Instant::now();
+    let ns_a = demo.ns("a");
+    for i in 1..=3u64 {
+        demo.ip(&["-n", &ns_a, "addr", "del", VIP_CIDR, "dev", "eth0"]);
+        if i < 3 {
+            demo.wait_until(
+                &format!("head a restarted the service (failcount {i})"),
+                TAKEOVER,
+                |s| failcount(s, "a") == Some(i) && is_active(s, "a"),
+            );
+            wait_acks(&demo, &w, w.acks() + 20, "20 writes after the restart");
+        } else {
+            demo.wait_until(
+                "the third failure moved the service to head b",
+                TAKEOVER,
+                |s| is_active(s, "b") && service(s, "a") == "passive" && !vip_held(s, "a"),
+            );
+        }
+    }
+    let s = demo.status();
+    assert_eq!(failcount(&s, "a"), Some(3), "failcount of head a");
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the move to b");
+    demo.ha_ok("a", &["cleanup"]);
+    demo.wait_until("`ha cleanup` reset head a's failcount", TAKEOVER, |s| {
+        failcount(s, "a") == Some(0) && is_active(s, "b")
+    });
+    finish(&demo, w, t_first, 90, "monitor");
+    done("monitor", t0);
+}
+
+/// h. Wait-for-all: both heads killed, only B revived: it stays passive (waiting for the
+/// peer) and the portal does not answer; with A back, a head starts the service.
+#[test]
+fn wait_for_all_after_both_heads_die() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    let w = start_writer(&demo);
+    assert!(demo.kill("a", libc::SIGKILL), "kill -9 head a");
+    assert!(demo.kill("b", libc::SIGKILL), "kill -9 head b");
+    demo.wait_until("both heads are dead", TAKEOVER, |s| {
+        !running(s, "a") && !running(s, "b")
+    });
+    demo.revive("b");
+    demo.wait_until("head b is up and waiting for the peer", REJOIN, |s| {
+        running(s, "b") && service(s, "b") == "passive" && waiting(s, "b").contains("wait-for-all")
+    });
+    demo.assert_for(
+        "head b alone stays passive and the portal stays dark",
+        Duration::from_secs(4),
+        |s| {
+            service(s, "b") == "passive"
+                && waiting(s, "b").contains("wait-for-all")
+                && !vip_held(s, "b")
+                && !portal_reachable(s)
+        },
+    );
+    let t_revive = Instant::now();
+    demo.revive("a");
+    let s = demo.wait_until("a head runs the service again", REJOIN, |s| {
+        (is_active(s, "a") || is_active(s, "b")) && portal_reachable(s)
+    });
+    let act = if is_active(&s, "a") { "a" } else { "b" };
+    eprintln!(
+        "wait-for-all: head {act} active {:?} after reviving a",
+        t_revive.elapsed()
+    );
+    wait_acks(
+        &demo,
+        &w,
+        w.acks() + 50,
+        "50 writes after both heads are back",
+    );
+    finish(&demo, w, t_revive, 50, "wait-for-all");
+    done("wait-for-all", t0);
+}
