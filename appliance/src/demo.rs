@@ -131,9 +131,21 @@ pub fn ns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The process exists and is not a zombie (a killed head whose parent, `demo up`, is
+/// gone waits for init to reap it).
 fn alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+    if pid == 0 || unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 fn write_secret(path: &Path) -> anyhow::Result<()> {
@@ -521,10 +533,14 @@ fn wait_ready(s: &DemoState) -> anyhow::Result<()> {
         }
         let facts: Vec<_> = s.heads.iter().map(head_facts).collect();
         let up_to_date = facts.iter().all(|(_, v)| {
-            v.as_ref()
-                .and_then(|v| v.get("disk"))
-                .and_then(|d| d.as_str())
-                == Some("UpToDate")
+            let field = |k: &str| {
+                v.as_ref()
+                    .and_then(|v| v.get(k))
+                    .and_then(|d| d.as_str())
+                    .map(str::to_owned)
+            };
+            field("disk").as_deref() == Some("UpToDate")
+                && field("connection").as_deref() == Some("Connected")
         });
         let active = facts.iter().any(|(h, _)| {
             h.as_ref()
@@ -537,8 +553,8 @@ fn wait_ready(s: &DemoState) -> anyhow::Result<()> {
         }
         if t0.elapsed() > READY_TIMEOUT {
             bail!(
-                "the appliance did not become ready within {} s (volume UpToDate on both \
-                 heads: {up_to_date}, a head active: {active}); logs in {}",
+                "the appliance did not become ready within {} s (volume UpToDate and \
+                 Connected on both heads: {up_to_date}, a head active: {active}); logs in {}",
                 READY_TIMEOUT.as_secs(),
                 s.dir.display()
             );
@@ -771,6 +787,11 @@ pub fn revive(dir: &Path, head: &str) -> anyhow::Result<u32> {
     let Some(h) = s.heads.iter_mut().find(|h| h.name == head) else {
         bail!("no head {head:?} (a or b)");
     };
+    // A head killed a moment ago may still be exiting.
+    let t0 = Instant::now();
+    while alive(h.pid) && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if alive(h.pid) {
         bail!("head {head} is running (pid {})", h.pid);
     }

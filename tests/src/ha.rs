@@ -286,6 +286,17 @@ impl Demo {
             Ok(o) => panic!("demo up failed: {}\n{}", out_text(&o), demo.logs_text(40)),
             Err(e) => panic!("demo up: {e}\n{}", demo.logs_text(40)),
         }
+        // `demo up` returns once a head is active and both disks are UpToDate; the
+        // replication link may still be connecting. Tests start from the steady state:
+        // one head active, the other passive with its volume Connected.
+        demo.wait_until(
+            "one head active, the other passive and connected",
+            Duration::from_secs(30),
+            |s| {
+                (is_active(s, "a") && is_healthy_passive(s, "b"))
+                    || (is_active(s, "b") && is_healthy_passive(s, "a"))
+            },
+        );
         eprintln!(
             "demo {} up in {} ms ({})",
             demo.name,
@@ -402,6 +413,21 @@ impl Demo {
         let pid = self.pid(h);
         // SAFETY: signal 0 only checks that the process exists.
         pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+    }
+
+    /// Wait (bounded) until head `h`'s process is gone (killed and reaped); panics with
+    /// diagnostics on timeout.
+    pub fn wait_dead(&self, h: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while self.alive(h) {
+            assert!(
+                t0.elapsed() < timeout,
+                "head {h} (pid {}) still exists after {timeout:?}\n{}",
+                self.pid(h),
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Send `signal` to head `h`'s process; returns whether it was delivered.
@@ -601,6 +627,20 @@ impl Drop for Demo {
         if std::thread::panicking() {
             eprintln!("----- demo {} at the failure -----", self.name);
             eprintln!("{}", self.diagnostics());
+            // Keep the whole logs (the tails may be one repeated line).
+            let keep = std::env::temp_dir().join(format!("twinsan-e2e-ha-logs-{}", self.name));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for f in [
+                    "a.log",
+                    "b.log",
+                    "w.log",
+                    "twinsan-a.toml",
+                    "twinsan-b.toml",
+                ] {
+                    let _ = std::fs::copy(self.dir.join(f), keep.join(f));
+                }
+                eprintln!("logs kept in {}", keep.display());
+            }
         }
         let out = self.down();
         if std::thread::panicking() {
@@ -674,11 +714,16 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// One login attempt from the current thread's namespace: a short TCP probe (so that an
-/// unreachable portal costs 300 ms, not the raw initiator's 10 s), then the login.
-fn try_login(p: &Portal, initiator: &str, read_timeout: Duration) -> Result<RawSession, String> {
-    TcpStream::connect_timeout(&p.addr, Duration::from_millis(300))
-        .map_err(|e| format!("connect {}: {e}", p.addr))?;
+/// One login attempt from the current thread's namespace: a TCP probe bounded by
+/// `probe` (so that an unreachable portal costs that, not the raw initiator's 10 s
+/// connect timeout), then the login.
+fn try_login(
+    p: &Portal,
+    initiator: &str,
+    probe: Duration,
+    read_timeout: Duration,
+) -> Result<RawSession, String> {
+    TcpStream::connect_timeout(&p.addr, probe).map_err(|e| format!("connect {}: {e}", p.addr))?;
     let s = catch_unwind(AssertUnwindSafe(|| {
         RawSession::login(p.addr, initiator, &p.iqn)
     }))
@@ -698,6 +743,10 @@ pub struct WriterOptions {
     pub tag: u32,
     /// Read timeout of a session (a command without an answer within it fails).
     pub read_timeout: Duration,
+    /// Bound of the TCP probe before each login attempt.
+    pub connect_timeout: Duration,
+    /// Pause between failed login attempts.
+    pub retry_pause: Duration,
     /// Give up when no login succeeded for this long.
     pub give_up: Duration,
     /// Initiator name.
@@ -711,6 +760,8 @@ impl Default for WriterOptions {
             slots: 256,
             tag: 0x4841_0001,
             read_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(100),
+            retry_pause: Duration::from_millis(20),
             give_up: Duration::from_secs(45),
             initiator: "iqn.2026-11.org.twinsan.test:ha-writer".into(),
         }
@@ -841,7 +892,7 @@ fn writer_loop(p: &Portal, opts: WriterOptions, stop: &AtomicBool, acks: &Atomic
     let bytes = BLOCKS_PER_WRITE * BLOCK as u32;
     while !stop.load(Ordering::Relaxed) {
         let Some(s) = sess.as_mut() else {
-            match try_login(p, &opts.initiator, opts.read_timeout) {
+            match try_login(p, &opts.initiator, opts.connect_timeout, opts.read_timeout) {
                 Ok(s) => {
                     sess = Some(s);
                     log.logins += 1;
@@ -855,7 +906,7 @@ fn writer_loop(p: &Portal, opts: WriterOptions, stop: &AtomicBool, acks: &Atomic
                             Some(format!("no login for {:?}; last error: {e}", opts.give_up));
                         break;
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(opts.retry_pause);
                 }
             }
             continue;
@@ -885,7 +936,16 @@ fn writer_loop(p: &Portal, opts: WriterOptions, stop: &AtomicBool, acks: &Atomic
                 rec.sense = sense_key_asc(&sense);
             }
             Ok(Err(pdu)) if pdu.bhs == [0; 48] => {
-                rec.error = Some("no response (connection closed or timed out)".into());
+                // recv() gives up on EOF, reset or the read timeout alike; the time tells.
+                let waited = rec.ended.duration_since(sent);
+                rec.error = Some(if waited + Duration::from_millis(50) >= opts.read_timeout {
+                    format!(
+                        "no response within the read timeout ({:?})",
+                        opts.read_timeout
+                    )
+                } else {
+                    "connection closed or reset".into()
+                });
             }
             Ok(Err(pdu)) => {
                 rec.error = Some(format!("unexpected PDU opcode {:#04x}", pdu.opcode()));
@@ -961,6 +1021,37 @@ impl WriterLog {
             .filter(|w| w[1] >= from && to.is_none_or(|t| w[0] < t))
             .map(|w| w[1].duration_since(w[0]))
             .max()
+    }
+
+    /// The failed writes around `t` (at most `max`), one per line, with their send and
+    /// end times relative to `t` in milliseconds.
+    pub fn failures_around(&self, t: Instant, max: usize) -> String {
+        let ms = |x: Instant| {
+            if x >= t {
+                x.duration_since(t).as_secs_f64() * 1000.0
+            } else {
+                -(t.duration_since(x).as_secs_f64() * 1000.0)
+            }
+        };
+        self.failed()
+            .take(max)
+            .map(|r| {
+                format!(
+                    "  seq {} LBA {}: sent {:+.0} ms, failed {:+.0} ms: {}",
+                    r.seq,
+                    r.lba,
+                    ms(r.sent),
+                    ms(r.ended),
+                    match (&r.sense, &r.status, &r.error) {
+                        (Some((k, a, q)), _, _) => format!("sense {k:02x}/{a:02x}/{q:02x}"),
+                        (None, Some(st), _) => format!("status {st:02x}"),
+                        (_, _, Some(e)) => e.clone(),
+                        _ => "?".into(),
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// A one-line summary: writes, acks, failures by kind, logins.
@@ -1100,6 +1191,7 @@ pub fn try_verify(portal: &Portal, log: &WriterLog) -> Result<VerifyReport, Stri
                 match try_login(
                     &portal,
                     "iqn.2026-11.org.twinsan.test:ha-verify",
+                    Duration::from_millis(300),
                     Duration::from_secs(10),
                 ) {
                     Ok(s) => break s,

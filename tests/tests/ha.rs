@@ -54,6 +54,7 @@ fn report_outage(what: &str, log: &WriterLog, t: Instant) {
         log.max_gap_after(t),
         log.summary()
     );
+    eprintln!("{}", log.failures_around(t, 10));
 }
 
 /// Stop the writer, check that it wrote after `t`, verify every acknowledged write.
@@ -249,15 +250,96 @@ fn partition_without_witness() {
         "head a reports no fence: {}",
         head(&s, "a")["ha"]
     );
-    let log = finish(&demo, w, t_part, 50, "partition without witness");
-    // Healed and revived, B rejoins as the passive head and resyncs.
-    demo.heal();
-    demo.revive("b");
-    demo.wait_until("head b rejoined as the passive head", REJOIN, |s| {
-        is_healthy_passive(s, "b") && is_active(s, "a")
+    finish(&demo, w, t_part, 50, "partition without witness");
+    done("partition without witness", t0);
+}
+
+/// Without a witness, a head the survivor fenced is revived: it must rejoin as the
+/// passive head (regression: the survivor used to fence it again as soon as the first
+/// heartbeat of its new boot arrived).
+#[test]
+fn revive_after_fencing_without_witness() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions {
+        witness: false,
+        ..DemoOptions::default()
+    }) else {
+        return;
+    };
+    let w = start_writer(&demo);
+    let t_kill = Instant::now();
+    assert!(demo.kill("a", libc::SIGKILL), "kill -9 head a");
+    demo.wait_until("head b took over", TAKEOVER, |s| is_active(s, "b"));
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the takeover");
+    let log = finish(&demo, w, t_kill, 50, "revive without witness");
+    demo.revive("a");
+    demo.wait_until("head a rejoined as the passive head", REJOIN, |s| {
+        is_healthy_passive(s, "a") && is_active(s, "b")
+    });
+    demo.assert_for("head a stays up", Duration::from_secs(3), |s| {
+        is_healthy_passive(s, "a") && is_active(s, "b")
     });
     verify(&demo, &log);
-    done("partition without witness", t0);
+    done("revive without witness", t0);
+}
+
+/// A planned move right after a resync whose source was the active head (it had written
+/// while disconnected: a new data generation): the new active head's writes must go on
+/// (regression: the old head, now Secondary, refused them as "stale generation" because
+/// it still expected the generation the target had before the resync).
+#[test]
+fn planned_move_after_resync() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let repl = |h: &str, args: &[&str]| {
+        let ctl = demo.control(h).display().to_string();
+        let o = twinsan_e2e::ha::run_bounded(
+            std::process::Command::new(twinsan_e2e::twinsan_bin())
+                .arg("repl")
+                .args(args)
+                .args(["--control", &ctl]),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            o.status.success(),
+            "repl {args:?} on {h}: {}",
+            twinsan_e2e::ha::out_text(&o)
+        );
+    };
+    // Writes on head a while it is disconnected: a new data generation.
+    repl("a", &["disconnect", "vol0"]);
+    let w = start_writer(&demo);
+    wait_acks(&demo, &w, 50, "50 writes while disconnected");
+    let log1 = w.stop();
+    verify(&demo, &log1);
+    // Reconnect: head a resyncs head b.
+    repl("a", &["connect", "vol0"]);
+    demo.wait_until("head b resynced", REJOIN, |s| {
+        is_active(s, "a") && is_healthy_passive(s, "b")
+    });
+    let w = Writer::start(
+        demo.portal(),
+        WriterOptions {
+            tag: 0x4841_0002,
+            base_lba: 4096,
+            ..WriterOptions::default()
+        },
+    );
+    wait_acks(&demo, &w, 20, "20 writes after the resync");
+    let t_move = Instant::now();
+    demo.ha_ok("b", &["move"]);
+    demo.wait_until("the service moved to head b", TAKEOVER, |s| {
+        is_active(s, "b") && is_healthy_passive(s, "a")
+    });
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the move to b");
+    finish(&demo, w, t_move, 50, "move after resync");
+    done("move after resync", t0);
 }
 
 /// e. Planned move to B and back under write load: no write fails with MEDIUM ERROR.

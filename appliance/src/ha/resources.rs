@@ -275,8 +275,8 @@ impl Resources {
             .collect()
     }
 
-    /// The start sequence; after a takeover, `tickle` lists the old holder's initiator
-    /// connections (local, client) to send tickle ACKs to once the portal IPs are up.
+    /// The start sequence; `tickle` lists the old holder's initiator connections
+    /// (local, client) to send tickle ACKs to once the portal IPs are up.
     pub async fn start(
         self: &Arc<Self>,
         takeover: bool,
@@ -401,12 +401,14 @@ impl Resources {
     /// and writes still waiting for a peer that is gone are cut loose by dropping the
     /// replication link (then it reconnects).
     async fn demote(&self, h: &Handle) -> Result<(), String> {
-        h.admin(AdminCmd::DropFrozenIo)
-            .await
-            .map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         let mut disconnected = false;
         loop {
+            // Again on every round: the replication link may time out (and freeze the
+            // writes still waiting for the peer) while this head is stopping.
+            h.admin(AdminCmd::DropFrozenIo)
+                .await
+                .map_err(|e| e.to_string())?;
             match h.admin(AdminCmd::Secondary).await {
                 Ok(()) => break,
                 Err(e) if e.0.contains("in progress") => {

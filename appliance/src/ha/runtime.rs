@@ -524,15 +524,14 @@ impl Owner {
             manager::Action::Start { takeover } => {
                 let res = self.res.clone();
                 let tx = self.itx.clone();
-                // The old holder's initiator connections, to tickle after a takeover.
-                let tickle = if takeover {
-                    self.peer_clients
-                        .take()
-                        .map(|c| c.connections)
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+                // The old holder's initiator connections, to tickle once the portal IPs
+                // are here (after a takeover, and after a planned move too: the old
+                // holder's close cannot reach them once its portal IPs are gone).
+                let tickle = self
+                    .peer_clients
+                    .take()
+                    .map(|c| c.connections)
+                    .unwrap_or_default();
                 tokio::spawn(async move {
                     let t0 = Instant::now();
                     let r = res.start(takeover, tickle).await;

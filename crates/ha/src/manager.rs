@@ -403,9 +403,8 @@ impl Manager {
                 } else if !peer_alive && self.peer_lost_at_ms.is_none() {
                     self.peer_lost_at_ms = Some(self.now_ms);
                 }
-                if peer_boot.is_some() && peer_boot != self.peer_boot && self.peer_boot.is_some() {
-                    self.peer_fenced = false;
-                }
+                // A fenced peer stays fenced until it is alive again (above): a new boot
+                // seen before its heartbeats prove life must not make it fenceable.
                 self.peer_boot = peer_boot.or(self.peer_boot);
                 self.peer_alive = peer_alive;
                 if let Some(bits) = peer_summary {

@@ -881,6 +881,24 @@ impl World {
                             self.input(who, Input::LinkDown { conn: id });
                         }
                     }
+                } else if r < 10 && self.cfg.scenario == Scenario::Failover {
+                    // Planned switchover: the primary demotes while connected and in
+                    // sync (refused while its writes are in flight); the controller then
+                    // promotes the peer, which replicates back to it.
+                    if let Some(p) = self.primary() {
+                        let in_sync = self.st(1 - p).is_some_and(|(_, d, c)| {
+                            d == DiskState::UpToDate && c == ConnState::Connected
+                        });
+                        if in_sync {
+                            self.input(
+                                p,
+                                Input::Admin {
+                                    id: 0,
+                                    cmd: AdminCmd::Secondary,
+                                },
+                            );
+                        }
+                    }
                 }
             }
             Scenario::SplitBrain => {

@@ -770,7 +770,15 @@ impl Replica {
         }
         self.frozen = false;
         self.emit(Action::Event(Event::IoFrozen { frozen: false }));
-        // The peer is fenced: what it never confirmed is now safely this node's alone.
+        // The peer is fenced: what it never confirmed is now safely this node's alone —
+        // and this node's data newer than the peer's (see `lose_link`).
+        if self.role == Role::Primary
+            && self.disk == DiskState::UpToDate
+            && !self.rotated
+            && self.frozen_peer_parts.iter().any(|(is_flush, _)| !is_flush)
+        {
+            self.rotate_generation();
+        }
         for (is_flush, app) in std::mem::take(&mut self.frozen_peer_parts) {
             if is_flush {
                 self.peer_flush_done(app);

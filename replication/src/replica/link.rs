@@ -66,6 +66,18 @@ impl Replica {
         // Writes the peer has not acknowledged, and acknowledged ones it has not yet
         // flushed, may be missing there: mark them out of sync.
         let unacked = std::mem::take(&mut l.unacked);
+        // Completing an application write the peer may not have makes this node's data
+        // newer than the peer's: start a new generation first (persisted before any
+        // of those completions), as for the first write without the peer, so that the
+        // next handshake syncs from here and never the other way.
+        if !freeze
+            && self.role == Role::Primary
+            && self.disk == DiskState::UpToDate
+            && !self.rotated
+            && unacked.values().any(|u| u.app.is_some())
+        {
+            self.rotate_generation();
+        }
         for (_, u) in unacked {
             self.bitmap.set_range_bytes(u.offset, u.data.len() as u64);
             self.hot.release(u.extents.0, u.extents.1);
@@ -451,7 +463,13 @@ impl Replica {
         }
         let total = self.bitmap.weight();
         let now = self.now_ms;
+        let current = self.gens.current;
         if let Some(l) = self.link.as_mut() {
+            // The target adopts this node's current generation now (see
+            // `begin_sync_target`): its later writes carry it.
+            if let Some(h) = l.peer.as_mut() {
+                h.gens.current = current;
+            }
             l.phase = Phase::Established;
             l.peer_disk = DiskState::Inconsistent;
             l.resync_source = Some(SyncProgress {

@@ -478,3 +478,46 @@ fn dropping_frozen_io_fails_every_unconfirmed_write_and_allows_demotion() {
     );
     assert_eq!(p.r[0].status().role, Role::Secondary);
 }
+
+#[test]
+fn after_a_resync_the_former_target_can_be_promoted_and_replicate_back() {
+    let mut p = Pair::new(Protocol::C, false);
+    p.input(
+        0,
+        Input::Admin {
+            id: 0,
+            cmd: AdminCmd::Primary { force: false },
+        },
+    );
+    p.run();
+    // Disconnected, node 0 writes alone (a new generation), then they reconnect and
+    // node 0 resyncs node 1.
+    p.input(0, Input::LinkDown { conn: 1 });
+    p.input(1, Input::LinkDown { conn: 1 });
+    p.net.clear();
+    p.write(0, 1, 0, 0x11, 4096);
+    assert_eq!(p.done.get(&1), Some(&Ok(())));
+    p.input(0, Input::LinkUp { conn: 1 });
+    p.input(1, Input::LinkUp { conn: 1 });
+    p.run();
+    assert_eq!(p.r[1].status().disk, DiskState::UpToDate);
+    assert_eq!(p.r[1].conn(), ConnState::Connected);
+    // Planned switchover: 0 demotes, 1 promotes and writes; 0 must accept it.
+    for (n, cmd) in [
+        (0, AdminCmd::Secondary),
+        (1, AdminCmd::Primary { force: false }),
+    ] {
+        p.input(n, Input::Admin { id: 0, cmd });
+        p.run();
+    }
+    assert_eq!(p.r[1].status().role, Role::Primary);
+    p.write(1, 2, 8192, 0x22, 4096);
+    p.run();
+    assert_eq!(p.done.get(&2), Some(&Ok(())));
+    assert_eq!(
+        p.r[0].conn(),
+        ConnState::Connected,
+        "the former source refused the write"
+    );
+    assert_eq!(p.disk[0][8192..12288], [0x22; 4096][..]);
+}

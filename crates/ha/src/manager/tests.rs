@@ -389,3 +389,35 @@ fn a_head_that_leaves_cleanly_is_taken_over_without_fencing() {
     b.handle(5000, Input::Tick);
     assert!(ops(&mut b).is_empty());
 }
+
+#[test]
+fn a_fenced_peer_that_reboots_is_not_fenced_again_before_it_is_alive() {
+    let mut a = active(1, 2, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    a.handle(100, cluster(false, lost_no_witness(), PEER_PASSIVE));
+    assert_eq!(ops(&mut a), vec![Action::FencePeer]);
+    a.handle(
+        200,
+        Input::FenceDone {
+            ok: true,
+            report: "off".into(),
+        },
+    );
+    // Its first heartbeat of a new boot arrives before it proves life (echo).
+    a.handle(
+        5000,
+        Input::Cluster {
+            peer_alive: false,
+            quorum: lost_no_witness(),
+            peer_summary: Some(0),
+            peer_boot: Some(2),
+        },
+    );
+    assert!(ops(&mut a).is_empty(), "fenced again while rejoining");
+    a.handle(5100, cluster(true, visible(), PEER_PASSIVE));
+    assert!(ops(&mut a).is_empty());
+    assert!(!a.status().peer_fenced);
+    // Lost again later: fenced again.
+    a.handle(9000, cluster(false, lost_no_witness(), PEER_PASSIVE));
+    assert_eq!(ops(&mut a), vec![Action::FencePeer]);
+}
