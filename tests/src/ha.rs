@@ -215,12 +215,16 @@ pub fn is_active(status: &Value, name: &str) -> bool {
 /// The head is a healthy passive: running, service passive, no portal IP, volume
 /// Secondary UpToDate Connected.
 pub fn is_healthy_passive(status: &Value, name: &str) -> bool {
+    let ha = &head(status, name)["ha"];
     running(status, name)
         && service(status, name) == "passive"
         && !vip_held(status, name)
         && vol(status, name, "role") == "Secondary"
         && vol(status, name, "disk") == "UpToDate"
         && vol(status, name, "connection") == "Connected"
+        // A restarted head can take over only once it has seen its peer (wait-for-all).
+        && ha["quorum"].as_bool() == Some(true)
+        && ha["peer_alive"].as_bool() == Some(true)
 }
 
 /// The other head.
