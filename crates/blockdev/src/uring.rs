@@ -18,6 +18,9 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::sys::MAX_IO_BYTES;
 
+/// Longest single wait for completions before the submission queue is looked at again.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
 /// One read or write for [`RingPool::run`].
 pub(crate) struct UringReq {
     /// File descriptor to operate on.
@@ -218,12 +221,15 @@ impl RingPool {
                 break;
             }
             let want = lease.inflight;
-            match lease.ring_mut().submit_and_wait(want) {
+            match lease.submit_and_wait_bounded(want) {
                 Ok(_) => {}
                 Err(err)
                     if matches!(
                         err.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                        Some(libc::EINTR)
+                            | Some(libc::EAGAIN)
+                            | Some(libc::EBUSY)
+                            | Some(libc::ETIME)
                     ) =>
                 {
                     if err.raw_os_error() != Some(libc::EINTR) {
@@ -284,6 +290,16 @@ impl Lease<'_> {
             .expect("a lease holds its ring until dropped")
     }
 
+    /// Submit what is queued and wait for `want` completions, but at most
+    /// [`WAIT_SLICE`]: `Err(ETIME)` then, and the caller reaps what completed and calls
+    /// again (which also hands the kernel any entry it did not take the first time —
+    /// an unbounded wait for entries still sitting in the submission queue never ends).
+    fn submit_and_wait_bounded(&mut self, want: usize) -> io::Result<usize> {
+        let ts = types::Timespec::from(WAIT_SLICE);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        self.ring_mut().submitter().submit_with_args(want, &args)
+    }
+
     /// Collect completions as (user_data, result) and account for them.
     fn reap(&mut self) -> Vec<(u64, i32)> {
         let ring = self.ring_mut();
@@ -307,8 +323,8 @@ impl Lease<'_> {
         let mut failures = 0u32;
         while self.inflight > 0 {
             let want = self.inflight;
-            if let Err(err) = self.ring_mut().submit_and_wait(want) {
-                if err.raw_os_error() != Some(libc::EINTR) {
+            if let Err(err) = self.submit_and_wait_bounded(want) {
+                if !matches!(err.raw_os_error(), Some(libc::EINTR) | Some(libc::ETIME)) {
                     failures += 1;
                     if failures > 10_000 {
                         // We cannot give the buffers back while the kernel may still
