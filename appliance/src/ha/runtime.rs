@@ -171,6 +171,17 @@ enum Internal {
     Done(manager::Input),
 }
 
+/// Report a finished start or stop sequence to the owner task.
+async fn op_done(tx: &mpsc::Sender<Internal>, op: Op, r: Result<(), String>) {
+    let (ok, message) = match r {
+        Ok(()) => (true, String::new()),
+        Err(e) => (false, e),
+    };
+    let _ = tx
+        .send(Internal::Done(manager::Input::OpDone { op, ok, message }))
+        .await;
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -541,35 +552,14 @@ impl Owner {
                         ok = r.is_ok(),
                         "start sequence done"
                     );
-                    let (ok, message) = match r {
-                        Ok(()) => (true, String::new()),
-                        Err(e) => (false, e),
-                    };
-                    let _ = tx
-                        .send(Internal::Done(manager::Input::OpDone {
-                            op: Op::Start,
-                            ok,
-                            message,
-                        }))
-                        .await;
+                    op_done(&tx, Op::Start, r).await;
                 });
             }
             manager::Action::Stop => {
                 let res = self.res.clone();
                 let tx = self.itx.clone();
                 tokio::spawn(async move {
-                    let r = res.stop().await;
-                    let (ok, message) = match r {
-                        Ok(()) => (true, String::new()),
-                        Err(e) => (false, e),
-                    };
-                    let _ = tx
-                        .send(Internal::Done(manager::Input::OpDone {
-                            op: Op::Stop,
-                            ok,
-                            message,
-                        }))
-                        .await;
+                    op_done(&tx, Op::Stop, res.stop().await).await;
                 });
             }
             manager::Action::Monitor => {
