@@ -166,10 +166,7 @@ fn write_secret(path: &Path) -> anyhow::Result<()> {
 }
 
 fn getrandom_fill(buf: &mut [u8]) -> anyhow::Result<()> {
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .context("cannot read /dev/urandom")
+    crate::secrets::random_bytes(buf).context("cannot read /dev/urandom")
 }
 
 /// Run `f` with this thread in network namespace `ns` (a fresh thread, so the caller's

@@ -92,6 +92,12 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
     Ok(bytes)
 }
 
+/// Fill `buf` from the kernel's random source (secrets, nonces).
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,6 +224,40 @@ fn partition_with_witness() {
     done("partition with witness", t0);
 }
 
+/// Only the replication link fails (the heartbeats still arrive over the other link):
+/// the active head's I/O freezes, its fence-peer handler has the passive head outdate its
+/// data, I/O resumes on the active head alone; the passive head cannot take over with
+/// stale data, and after the link heals it resyncs.
+#[test]
+fn replication_link_failure_outdates_the_peer() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let Some(demo) = Demo::up(DemoOptions::default()) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let w = start_writer(&demo);
+    wait_acks(&demo, &w, 20, "20 writes before the failure");
+    let t_cut = Instant::now();
+    // Link 1 carries replication and the second heartbeat link.
+    demo.partition(&[("a1", "b1")]);
+    demo.wait_until("head b outdated, head a still active", TAKEOVER, |s| {
+        is_active(s, "a") && vol(s, "b", "disk") == "Outdated" && service(s, "b") == "passive"
+    });
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes on head a alone");
+    demo.assert_for(
+        "head b stays passive (its data is Outdated)",
+        Duration::from_secs(2),
+        |s| is_active(s, "a") && service(s, "b") == "passive",
+    );
+    demo.heal();
+    demo.wait_until("head b resynced", REJOIN, |s| {
+        is_active(s, "a") && is_healthy_passive(s, "b")
+    });
+    finish(&demo, w, t_cut, 50, "replication link failure");
+    done("replication link failure", t0);
+}
+
 /// d. Partition without a witness: A and B lose each other on both links; the active
 /// head A fences B at once (the passive side waits) and keeps serving.
 #[test]

@@ -258,6 +258,19 @@ impl Resources {
         }
     }
 
+    /// Mark every volume's data Outdated (the peer writes alone because only its
+    /// replication link failed): true when all are Outdated, or none was UpToDate.
+    pub async fn outdate_volumes(&self) -> bool {
+        let mut ok = true;
+        for h in &self.volumes {
+            if let Err(e) = h.admin(AdminCmd::Outdate).await {
+                tracing::warn!(volume = %h.name(), "cannot outdate for the peer: {e}");
+                ok = false;
+            }
+        }
+        ok
+    }
+
     /// Remove every portal IP at once (blocking; for self-fencing).
     pub fn remove_vips_now(&self) {
         for (name, v) in &self.vips {

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use twinsan_ha::clients::{is_client_list, ClientList};
 use twinsan_ha::manager::{self, AdminCmd, Manager, Op};
+use twinsan_ha::outdate::{is_outdate, Outdate};
 use twinsan_ha::wire::{ClusterKey, Stamp};
 use twinsan_ha::{Action, Event, HaNode, Input};
 
@@ -165,8 +166,17 @@ impl HaHandle {
 }
 
 enum Internal {
-    Datagram { link: u8, bytes: Vec<u8> },
+    Datagram {
+        link: u8,
+        bytes: Vec<u8>,
+    },
     Clients(Vec<u8>),
+    Outdate(Vec<u8>),
+    /// This head's volumes were (or could not be) outdated for the peer's request.
+    OutdatedForPeer {
+        nonce: u64,
+        ok: bool,
+    },
     Witness(Vec<u8>),
     Done(manager::Input),
 }
@@ -180,6 +190,15 @@ async fn op_done(tx: &mpsc::Sender<Internal>, op: Op, r: Result<(), String>) {
     let _ = tx
         .send(Internal::Done(manager::Input::OpDone { op, ok, message }))
         .await;
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if crate::secrets::random_bytes(&mut b).is_err() {
+        // Uniqueness per request is all that matters (the MAC authenticates).
+        return unix_ms() ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_le_bytes(b)
 }
 
 fn unix_ms() -> u64 {
@@ -247,6 +266,8 @@ pub async fn start(
                             let bytes = buf[..n].to_vec();
                             let m = if is_client_list(&bytes) {
                                 Internal::Clients(bytes)
+                            } else if is_outdate(&bytes) {
+                                Internal::Outdate(bytes)
                             } else {
                                 Internal::Datagram { link: i as u8, bytes }
                             };
@@ -300,6 +321,7 @@ pub async fn start(
         status: status_tx,
         resolve: Vec::new(),
         key,
+        outdate: None,
         clients_seq: 0,
         peer_clients: None,
     };
@@ -338,6 +360,9 @@ struct Owner {
     /// Open `fence-peer` questions: (asked at ms, reply).
     resolve: Vec<(u64, oneshot::Sender<(i32, String)>)>,
     key: ClusterKey,
+    /// Our outdate request while a fence-peer question is open: (nonce, last sent ms,
+    /// the peer's answer).
+    outdate: Option<(u64, u64, Option<bool>)>,
     clients_seq: u64,
     /// The peer's newest client list (its initiators' connections on the portal IPs).
     peer_clients: Option<ClientList>,
@@ -421,6 +446,20 @@ impl Owner {
                             self.node.handle(now, Input::Datagram { link, bytes });
                         }
                         Internal::Clients(bytes) => self.on_clients(&bytes),
+                        Internal::Outdate(bytes) => self.on_outdate(&bytes),
+                        Internal::OutdatedForPeer { nonce, ok } => {
+                            self.record(format!(
+                                "the peer asked this head to outdate its data (its replication link failed): {}",
+                                if ok { "done" } else { "refused" }
+                            ));
+                            self.send_outdate(Outdate {
+                                reply: Some(ok),
+                                sender: self.cluster.node_id,
+                                cluster_id: super::cluster_id(&self.cluster.name),
+                                boot: self.boot,
+                                nonce,
+                            });
+                        }
                         Internal::Witness(bytes) => {
                             self.node.handle(now, Input::WitnessDatagram { bytes });
                         }
@@ -624,6 +663,47 @@ impl Owner {
         }
     }
 
+    fn send_outdate(&self, o: Outdate) {
+        let bytes = o.encode(&self.key);
+        for (s, (_, peer)) in self.sockets.iter().zip(&self.links) {
+            let _ = s.try_send_to(&bytes, *peer);
+        }
+    }
+
+    fn on_outdate(&mut self, bytes: &[u8]) {
+        let Ok(o) = Outdate::decode(bytes, &self.key) else {
+            return;
+        };
+        if o.sender != self.cluster.peer_node_id
+            || o.cluster_id != super::cluster_id(&self.cluster.name)
+        {
+            return;
+        }
+        match o.reply {
+            Some(ok) => {
+                if let Some((nonce, sent, None)) = self.outdate {
+                    if nonce == o.nonce {
+                        self.outdate = Some((nonce, sent, Some(ok)));
+                        if !ok {
+                            self.record("the peer refused to outdate its data".into());
+                        }
+                    }
+                }
+            }
+            None => {
+                // Only a head that does not run the service outdates itself.
+                let passive = self.mgr.state() == manager::ServiceState::Passive;
+                let res = self.res.clone();
+                let tx = self.itx.clone();
+                let nonce = o.nonce;
+                tokio::spawn(async move {
+                    let ok = passive && res.outdate_volumes().await;
+                    let _ = tx.send(Internal::OutdatedForPeer { nonce, ok }).await;
+                });
+            }
+        }
+    }
+
     fn on_clients(&mut self, bytes: &[u8]) {
         let Ok(list) = ClientList::decode(bytes, &self.key) else {
             return;
@@ -666,9 +746,34 @@ impl Owner {
             ))
         } else if !q.has_quorum && !q.reason.is_transient() && !m.peer_alive {
             Some((1, format!("this head lost quorum ({:?})", q.reason)))
+        } else if self.outdate.is_some_and(|(_, _, r)| r == Some(true)) {
+            Some((
+                4,
+                "the peer marked its data Outdated (only the replication link failed)".into(),
+            ))
         } else {
             None
         };
+        // Only the replication link failed (heartbeats still arrive): ask the peer to
+        // outdate its data, so that it cannot be promoted while this head writes alone.
+        if answer.is_none() && runs && m.peer_alive {
+            let resend = match self.outdate {
+                None => true,
+                Some((_, sent, None)) => now >= sent + 200,
+                Some(_) => false,
+            };
+            if resend {
+                let nonce = self.outdate.map_or_else(rand_u64, |(n, _, _)| n);
+                self.outdate = Some((nonce, now, None));
+                self.send_outdate(Outdate {
+                    reply: None,
+                    sender: self.cluster.node_id,
+                    cluster_id: super::cluster_id(&self.cluster.name),
+                    boot: self.boot,
+                    nonce,
+                });
+            }
+        }
         let mut keep = Vec::new();
         for (at, reply) in std::mem::take(&mut self.resolve) {
             match &answer {
@@ -690,6 +795,9 @@ impl Owner {
             self.record(format!("fence-peer answered {code}: {why}"));
         }
         self.resolve = keep;
+        if self.resolve.is_empty() {
+            self.outdate = None;
+        }
     }
 
     fn record(&mut self, what: String) {

@@ -17,6 +17,7 @@ pub mod clients;
 pub mod manager;
 pub mod membership;
 pub mod node;
+pub mod outdate;
 pub mod quorum;
 pub mod wire;
 pub mod witness;
