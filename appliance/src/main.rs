@@ -671,7 +671,13 @@ fn alua_command(cmd: AluaCommand) -> ExitCode {
             },
         ),
     };
-    match control::request(&path, &req) {
+    run_request(&path, &req)
+}
+
+/// One request to a running node's control socket; prints the response lines. Exit 0
+/// on success, 1 when the node refused, 2 when it is unreachable.
+fn run_request(path: &std::path::Path, req: &control::Request) -> ExitCode {
+    match control::request(path, req) {
         Ok(Ok(lines)) => {
             for l in lines {
                 println!("{l}");
@@ -820,22 +826,7 @@ fn repl_command(cmd: ReplCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match control::request(&path, &req) {
-        Ok(Ok(lines)) => {
-            for l in lines {
-                println!("{l}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(Err(reason)) => {
-            eprintln!("twinsan: {}: {reason}", path.display());
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("twinsan: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    run_request(&path, &req)
 }
 
 fn demo_dir(dir: Option<PathBuf>, name: &str) -> PathBuf {
@@ -923,36 +914,16 @@ fn witness(
         .build()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let s2 = stop.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-            s2.cancel();
-        });
+        on_signals(stop.clone())?;
         ha::witness::run(cluster, [a, b], listen, secret_file, state_dir, stop).await
     })
-}
-
-fn control_for(control: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match (control, config) {
-        (Some(c), _) => Ok(c),
-        (None, Some(f)) => resolve_control(&NodeArg {
-            control: None,
-            config: Some(f),
-        }),
-        (None, None) => anyhow::bail!("give --control SOCKET or --config FILE of the running head"),
-    }
 }
 
 /// `twinsan ha ...`. Exit 0 on success, 1 when refused, 2 when unreachable.
 fn ha_command(cmd: HaCommand, control: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     use control::{HaVerb, Request};
     if let HaCommand::FencePeer = cmd {
-        let path = match control_for(control, config) {
+        let path = match resolve_control(&NodeArg { control, config }) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("twinsan: error: {e:#}");
@@ -993,24 +964,14 @@ fn ha_command(cmd: HaCommand, control: Option<PathBuf>, config: Option<PathBuf>)
             }
         },
     };
-    let path = match control_for(control, config) {
+    let path = match resolve_control(&NodeArg { control, config }) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("twinsan: error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    match control::request(&path, &Request::Ha(verb)) {
-        Ok(Ok(_)) => ExitCode::SUCCESS,
-        Ok(Err(reason)) => {
-            eprintln!("twinsan: {}: {reason}", path.display());
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("twinsan: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    run_request(&path, &Request::Ha(verb))
 }
 
 /// `twinsan status`: one JSON object or text, from the head's control socket.
@@ -1020,7 +981,7 @@ fn status_command(
     json: bool,
     watch: bool,
 ) -> ExitCode {
-    let path = match control_for(control, config) {
+    let path = match resolve_control(&NodeArg { control, config }) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("twinsan: error: {e:#}");
