@@ -31,6 +31,8 @@ use super::ClusterSection;
 
 /// Recent events kept for status.
 pub const EVENTS_MAX: usize = 64;
+/// Longest a portal IP holding shown in status may be old.
+const VIP_STATUS_MAX_AGE_MS: u64 = 1000;
 /// Largest datagram read.
 const DATAGRAM_MAX_BYTES: usize = 512;
 
@@ -322,6 +324,7 @@ pub async fn start(
         resolve: Vec::new(),
         key,
         outdate: None,
+        vip_cache: None,
         clients_seq: 0,
         peer_clients: None,
     };
@@ -363,6 +366,8 @@ struct Owner {
     /// Our outdate request while a fence-peer question is open: (nonce, last sent ms,
     /// the peer's answer).
     outdate: Option<(u64, u64, Option<bool>)>,
+    /// (taken at ms, portal IP holdings) for status.
+    vip_cache: Option<(u64, Vec<(String, bool)>)>,
     clients_seq: u64,
     /// The peer's newest client list (its initiators' connections on the portal IPs).
     peer_clients: Option<ClientList>,
@@ -463,7 +468,11 @@ impl Owner {
                         Internal::Witness(bytes) => {
                             self.node.handle(now, Input::WitnessDatagram { bytes });
                         }
-                        Internal::Done(i) => self.mgr.handle(now, i),
+                        Internal::Done(i) => {
+                            // A start, stop or monitor may have changed the portal IPs.
+                            self.vip_cache = None;
+                            self.mgr.handle(now, i);
+                        }
                     }
                 }
                 r = req_rx.recv() => {
@@ -815,6 +824,23 @@ impl Owner {
         });
     }
 
+    /// Portal IP holdings for status, refreshed at most every [`VIP_STATUS_MAX_AGE_MS`]
+    /// (each look is a netlink dump; status is published after every datagram).
+    fn vip_holdings(&mut self) -> Vec<(String, bool)> {
+        let now = self.now_ms();
+        let fresh = self
+            .vip_cache
+            .as_ref()
+            .is_some_and(|(at, _)| now < at + VIP_STATUS_MAX_AGE_MS);
+        if !fresh {
+            self.vip_cache = Some((now, self.res.vip_holdings()));
+        }
+        self.vip_cache
+            .as_ref()
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
     fn publish(&mut self) {
         let st = self.node.status();
         let m = self.mgr.status();
@@ -867,7 +893,7 @@ impl Owner {
                         + l.counters.rejected_foreign,
                 })
                 .collect(),
-            vips: self.res.vip_holdings(),
+            vips: self.vip_holdings(),
             events: self.events.iter().cloned().collect(),
         };
         self.status.send_replace(Arc::new(snap));
