@@ -836,6 +836,45 @@ mod tests {
     }
 
     #[test]
+    fn ha_requests_round_trip_and_malformed_ones_get_the_usage() {
+        for r in [
+            Request::HaStatus,
+            Request::HaResolvePeer,
+            Request::Sessions,
+            Request::Ha(HaVerb::Move),
+            Request::Ha(HaVerb::MoveAway),
+            Request::Ha(HaVerb::Unmove),
+            Request::Ha(HaVerb::Standby),
+            Request::Ha(HaVerb::Online),
+            Request::Ha(HaVerb::Cleanup),
+            Request::Ha(HaVerb::Maintenance(true)),
+            Request::Ha(HaVerb::Maintenance(false)),
+        ] {
+            assert_eq!(Request::parse(&r.encode()), Ok(r));
+        }
+        for bad in [
+            "ha",
+            "ha move here",
+            "ha maintenance",
+            "ha maintenance maybe",
+            "ha frob",
+            "ha status now",
+        ] {
+            let e = Request::parse(bad).unwrap_err();
+            assert!(e.starts_with("usage: ha"), "{bad}: {e}");
+        }
+        // Without [cluster], HA requests are refused with a reason, not served.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ctx = Context::default();
+        for line in ["ha status", "ha move", "ha fence-peer"] {
+            let e = rt.block_on(handle_async(line, &ctx)).unwrap_err();
+            assert!(e.contains("no [cluster] section"), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn malformed_requests_are_refused_with_a_reason() {
         let t = targets();
         for (line, want) in [
