@@ -212,6 +212,13 @@ pub enum Request {
     HaStatus,
     /// An HA operator command.
     Ha(HaVerb),
+    /// An operator command on one external resource of the HA manager.
+    HaResource {
+        /// The resource.
+        name: String,
+        /// What to do.
+        verb: ResourceVerb,
+    },
     /// Logged-in iSCSI sessions as one JSON line.
     Sessions,
     /// A replicated volume's fence-peer handler: may this head write alone? Answers
@@ -266,8 +273,62 @@ impl HaVerb {
     }
 }
 
+/// An operator command on one external resource (Pacemaker's crm_resource verbs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceVerb {
+    /// target-role started.
+    Start,
+    /// target-role stopped.
+    Stop,
+    /// Manage it again.
+    Manage,
+    /// Watch only.
+    Unmanage,
+    /// Forget its failures and blocks, probe again.
+    Cleanup,
+}
+
+impl ResourceVerb {
+    /// The word.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ResourceVerb::Start => "start",
+            ResourceVerb::Stop => "stop",
+            ResourceVerb::Manage => "manage",
+            ResourceVerb::Unmanage => "unmanage",
+            ResourceVerb::Cleanup => "cleanup",
+        }
+    }
+
+    /// Parse the word.
+    pub fn parse(w: &str) -> Option<Self> {
+        [
+            ResourceVerb::Start,
+            ResourceVerb::Stop,
+            ResourceVerb::Manage,
+            ResourceVerb::Unmanage,
+            ResourceVerb::Cleanup,
+        ]
+        .into_iter()
+        .find(|v| v.word() == w)
+    }
+
+    fn command(&self, name: &str) -> twinsan_ha::policy::ResourceCmd {
+        use twinsan_ha::policy::ResourceCmd;
+        let n = name.to_string();
+        match self {
+            ResourceVerb::Start => ResourceCmd::Start(n),
+            ResourceVerb::Stop => ResourceCmd::Stop(n),
+            ResourceVerb::Manage => ResourceCmd::Manage(n),
+            ResourceVerb::Unmanage => ResourceCmd::Unmanage(n),
+            ResourceVerb::Cleanup => ResourceCmd::Cleanup(Some(n)),
+        }
+    }
+}
+
 const HA_USAGE: &str = "usage: ha status | ha move [away] | ha unmove | ha standby | ha online | \
-     ha cleanup | ha maintenance on|off | ha fence-peer";
+     ha cleanup | ha maintenance on|off | ha fence-peer | \
+     ha resource NAME start|stop|manage|unmanage|cleanup";
 
 fn parse_ha(words: &[&str]) -> Result<Request, String> {
     Ok(match words {
@@ -281,6 +342,13 @@ fn parse_ha(words: &[&str]) -> Result<Request, String> {
         ["maintenance", "on"] => Request::Ha(HaVerb::Maintenance(true)),
         ["maintenance", "off"] => Request::Ha(HaVerb::Maintenance(false)),
         ["fence-peer"] => Request::HaResolvePeer,
+        ["resource", name, verb] => match ResourceVerb::parse(verb) {
+            Some(verb) => Request::HaResource {
+                name: (*name).to_string(),
+                verb,
+            },
+            None => return Err(HA_USAGE.into()),
+        },
         _ => return Err(HA_USAGE.into()),
     })
 }
@@ -359,6 +427,9 @@ impl Request {
             Request::Ha(v) => format!("ha {}\n", v.words()),
             Request::Sessions => "sessions\n".into(),
             Request::HaResolvePeer => "ha fence-peer\n".into(),
+            Request::HaResource { name, verb } => {
+                format!("ha resource {name} {}\n", verb.word())
+            }
         }
     }
 }
@@ -482,6 +553,14 @@ pub async fn handle_async(line: &str, ctx: &Context) -> Response {
                 Ok(Vec::new())
             }
         },
+        Request::HaResource { name, verb } => match &ctx.ha {
+            None => Err("this node has no [cluster] section (no HA manager)".into()),
+            Some(h) => {
+                tracing::info!(resource = %name, verb = verb.word(), "resource command through the control socket");
+                h.resource(verb.command(&name)).await?;
+                Ok(Vec::new())
+            }
+        },
         Request::HaResolvePeer => match &ctx.ha {
             None => Err("this node has no [cluster] section (no HA manager)".into()),
             Some(h) => {
@@ -523,6 +602,7 @@ pub fn handle(line: &str, targets: &Targets) -> Response {
         | Request::HaStatus
         | Request::Ha(_)
         | Request::Sessions
+        | Request::HaResource { .. }
         | Request::HaResolvePeer => Err("not served here".into()),
         Request::Ping => Ok(vec!["pong".into()]),
         Request::AluaShow { target } => {
@@ -849,6 +929,14 @@ mod tests {
             Request::Ha(HaVerb::Cleanup),
             Request::Ha(HaVerb::Maintenance(true)),
             Request::Ha(HaVerb::Maintenance(false)),
+            Request::HaResource {
+                name: "fs".into(),
+                verb: ResourceVerb::Unmanage,
+            },
+            Request::HaResource {
+                name: "db-1".into(),
+                verb: ResourceVerb::Cleanup,
+            },
         ] {
             assert_eq!(Request::parse(&r.encode()), Ok(r));
         }
@@ -859,6 +947,10 @@ mod tests {
             "ha maintenance maybe",
             "ha frob",
             "ha status now",
+            "ha resource",
+            "ha resource fs",
+            "ha resource fs frob",
+            "ha resource fs stop now",
         ] {
             let e = Request::parse(bad).unwrap_err();
             assert!(e.starts_with("usage: ha"), "{bad}: {e}");
@@ -868,7 +960,12 @@ mod tests {
             .build()
             .unwrap();
         let ctx = Context::default();
-        for line in ["ha status", "ha move", "ha fence-peer"] {
+        for line in [
+            "ha status",
+            "ha move",
+            "ha fence-peer",
+            "ha resource fs stop",
+        ] {
             let e = rt.block_on(handle_async(line, &ctx)).unwrap_err();
             assert!(e.contains("no [cluster] section"), "{line}: {e}");
         }

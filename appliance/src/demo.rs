@@ -44,6 +44,9 @@ pub struct UpOptions {
     /// Fence the peer even when the witness settled a partition (a crashed process
     /// may leave the portal IP behind: the default).
     pub fence_with_witness: bool,
+    /// `[[cluster.resource]]` entries appended to both heads' configurations (`{head}`
+    /// becomes the head's letter).
+    pub resources: Option<String>,
 }
 
 /// What `up` records for `status` and `down`.
@@ -418,7 +421,12 @@ fn build(o: &UpOptions, [sw, a, b, w, c]: [&String; 5]) -> anyhow::Result<DemoSt
     let mut heads = Vec::new();
     for (me, id, peer, peer_ns, ns) in [('a', 1u8, 'b', b, a), ('b', 2u8, 'a', a, b)] {
         let cfg_path = dir.join(format!("twinsan-{me}.toml"));
-        std::fs::write(&cfg_path, head_config(o, me, id, peer, peer_ns))?;
+        let mut cfg = head_config(o, me, id, peer, peer_ns);
+        if let Some(r) = &o.resources {
+            cfg.push_str("\n# From --resources:\n");
+            cfg.push_str(&r.replace("{head}", &me.to_string()));
+        }
+        std::fs::write(&cfg_path, cfg)?;
         let cfg = crate::config::load(&cfg_path).map_err(|p| {
             anyhow::anyhow!(
                 "generated {} is invalid: {}",
@@ -692,6 +700,26 @@ pub fn status_text(v: &serde_json::Value) -> String {
                 "lost"
             },
         );
+        let rs: Vec<String> = h["ha"]["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{} {}{}",
+                    r["name"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?"),
+                    if r["managed"].as_bool() == Some(false) {
+                        " (unmanaged)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        if !rs.is_empty() {
+            out += &format!("    resources: {}\n", rs.join(", "));
+        }
     }
     if let Some(p) = v["witness_pid"].as_u64() {
         out += &format!(

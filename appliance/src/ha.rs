@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use twinsan_ha::manager::ManagerConfig;
 use twinsan_ha::membership::MembershipConfig;
+use twinsan_ha::policy::{OnFail, Placement, PolicyError, ResourceDef, Score, TargetRole};
 use twinsan_ha::quorum::{NoQuorumPolicy, QuorumConfig, WitnessClientConfig};
 use twinsan_ha::HaConfig;
 
@@ -175,6 +176,57 @@ pub struct OcfSection {
     /// Timeout of start/stop/monitor.
     #[serde(default = "default_ocf_timeout_ms")]
     pub timeout_ms: u64,
+    /// `with-service` (default: on the head running the service, after its portal
+    /// IPs), `away-from-service` (on the other head, while the peer serves) or `clone`
+    /// (on every online head). See `twinsan_ha::policy`.
+    #[serde(default = "default_placement")]
+    pub placement: String,
+    /// Start only after these resources run here (stop before them).
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Location score of this head: an integer, "INFINITY" or "-INFINITY" (banned).
+    #[serde(default)]
+    pub location_score: Option<ScoreSpec>,
+    /// Location score of the peer head.
+    #[serde(default)]
+    pub peer_location_score: Option<ScoreSpec>,
+    /// with-service: the service cannot run where this resource cannot (default true).
+    pub required: Option<bool>,
+    /// restart | stop | block | ignore | standby | fence.
+    #[serde(default = "default_on_fail")]
+    pub on_fail: String,
+    /// started | stopped.
+    #[serde(default = "default_target_role")]
+    pub target_role: String,
+    /// false: monitored and reported, never started or stopped.
+    #[serde(default = "default_true")]
+    pub managed: bool,
+    /// Monitor interval (default: the cluster's monitor_interval_ms).
+    pub monitor_interval_ms: Option<u64>,
+    /// Failures here before the resource is banned from this head (default: the
+    /// cluster's migration_threshold).
+    pub migration_threshold: Option<u32>,
+    /// Failures older than this are forgotten (default: the cluster's).
+    pub failure_timeout_ms: Option<u64>,
+}
+
+/// A score in the configuration: an integer or a string ("INFINITY", "-INFINITY").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScoreSpec {
+    /// An integer.
+    Int(i64),
+    /// "INFINITY", "-INFINITY" or an integer in a string.
+    Text(String),
+}
+
+impl ScoreSpec {
+    fn score(&self) -> Result<Score, PolicyError> {
+        match self {
+            ScoreSpec::Int(v) => Ok(Score::new(*v)),
+            ScoreSpec::Text(t) => Score::parse(t),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -212,6 +264,15 @@ fn default_fence_retry_interval_ms() -> u64 {
 }
 fn default_arp_count() -> u32 {
     3
+}
+fn default_placement() -> String {
+    "with-service".into()
+}
+fn default_on_fail() -> String {
+    "restart".into()
+}
+fn default_target_role() -> String {
+    "started".into()
 }
 fn default_ocf_root() -> PathBuf {
     PathBuf::from("/usr/lib/ocf")
@@ -267,11 +328,46 @@ impl ClusterSection {
         self.no_quorum_policy.parse().unwrap_or_default()
     }
 
+    /// One resource's policy definition (`Err` names the field).
+    fn resource_def(&self, r: &OcfSection) -> Result<ResourceDef, (&'static str, PolicyError)> {
+        let placement = Placement::parse(&r.placement).map_err(|e| ("placement", e))?;
+        let mut d = ResourceDef::new(&r.name, placement);
+        d.after = r.after.clone();
+        if let Some(s) = &r.location_score {
+            d.score_here = s.score().map_err(|e| ("location_score", e))?;
+        }
+        if let Some(s) = &r.peer_location_score {
+            d.score_peer = s.score().map_err(|e| ("peer_location_score", e))?;
+        }
+        d.required = r.required.unwrap_or(placement == Placement::WithService);
+        d.on_fail = OnFail::parse(&r.on_fail).map_err(|e| ("on_fail", e))?;
+        d.target_role = TargetRole::parse(&r.target_role).map_err(|e| ("target_role", e))?;
+        d.managed = r.managed;
+        d.monitor_interval_ms = r.monitor_interval_ms.unwrap_or(self.monitor_interval_ms);
+        d.migration_threshold = r.migration_threshold.unwrap_or(self.migration_threshold);
+        d.failure_timeout_ms = r.failure_timeout_ms.unwrap_or(self.failure_timeout_ms);
+        Ok(d)
+    }
+
+    /// The resources' policy definitions (the section must be valid).
+    pub fn resource_defs(&self) -> Vec<ResourceDef> {
+        self.resources
+            .iter()
+            .filter_map(|r| self.resource_def(r).ok())
+            .collect()
+    }
+
     /// The manager configuration.
     pub fn manager_config(&self) -> ManagerConfig {
         let mut c = ManagerConfig::new(self.node_id, self.peer_node_id);
-        c.location_score = self.location_score;
-        c.peer_location_score = self.peer_location_score;
+        // Required with-service resources add their location scores (a group's).
+        let (here, peer) = twinsan_ha::policy::service_scores(
+            &self.resource_defs(),
+            Score::new(i64::from(self.location_score)),
+            Score::new(i64::from(self.peer_location_score)),
+        );
+        c.location_score = here.value() as i32;
+        c.peer_location_score = peer.value() as i32;
         c.migration_threshold = self.migration_threshold;
         c.failure_timeout_ms = self.failure_timeout_ms;
         c.fencing_configured = self.fence.is_some();
@@ -397,12 +493,22 @@ pub fn validate(c: &ClusterSection, p: &mut impl FnMut(String, String)) {
             );
         }
     }
+    let mut defs = Vec::new();
     for (i, r) in c.resources.iter().enumerate() {
         if resources::ocf_agent_path(r).is_none() {
             p(
                 format!("cluster.resource[{i}].agent"),
                 format!("{:?}: expected PROVIDER:TYPE or an absolute path", r.agent),
             );
+        }
+        match c.resource_def(r) {
+            Ok(d) => defs.push(d),
+            Err((key, e)) => p(format!("cluster.resource[{i}].{key}"), e.to_string()),
+        }
+    }
+    if defs.len() == c.resources.len() {
+        if let Err(e) = twinsan_ha::policy::validate(&defs) {
+            p("cluster.resource".into(), e.to_string());
         }
     }
 }
@@ -535,6 +641,113 @@ interface = "eth0"
             "",
         );
         assert!(problems(&no_links).iter().any(|p| p.contains("link")));
+    }
+
+    const RESOURCES: &str = r#"
+[[cluster.resource]]
+name = "fs"
+agent = "heartbeat:Filesystem"
+location_score = 100
+peer_location_score = "-INFINITY"
+[[cluster.resource]]
+name = "app"
+agent = "/opt/agents/app"
+after = ["fs", "dlm"]
+on_fail = "standby"
+[[cluster.resource]]
+name = "dlm"
+agent = "pacemaker:controld"
+placement = "clone"
+[[cluster.resource]]
+name = "backup"
+agent = "/opt/agents/backup"
+placement = "away-from-service"
+target_role = "stopped"
+managed = false
+"#;
+
+    #[test]
+    fn resources_with_constraints_pass_and_every_mistake_is_named() {
+        let good = format!("{GOOD}{RESOURCES}");
+        assert!(problems(&good).is_empty(), "{:?}", problems(&good));
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t.toml");
+        std::fs::write(&f, &good).unwrap();
+        let cfg = crate::config::load(&f).map_err(|_| ()).unwrap();
+        let c = cfg.cluster.expect("[cluster]");
+        let defs = c.resource_defs();
+        assert_eq!(defs.len(), 4);
+        assert_eq!(defs[0].score_peer, Score::MINUS_INFINITY);
+        assert_eq!(defs[1].on_fail, OnFail::Standby);
+        assert_eq!(defs[2].placement, Placement::Clone);
+        assert!(!defs[2].required, "clones are not required");
+        assert!(!defs[3].managed);
+        assert_eq!(defs[3].target_role, TargetRole::Stopped);
+        // fs (required, with-service) bans the peer: the service's scores follow.
+        let m = c.manager_config();
+        assert_eq!(m.location_score, 100);
+        assert_eq!(
+            i64::from(m.peer_location_score),
+            -twinsan_ha::policy::INFINITY
+        );
+        let cases = [
+            (
+                "placement = \"clone\"",
+                "placement = \"everywhere\"",
+                "cluster.resource[2].placement",
+            ),
+            (
+                "on_fail = \"standby\"",
+                "on_fail = \"panic\"",
+                "cluster.resource[1].on_fail",
+            ),
+            (
+                "location_score = 100",
+                "location_score = \"lots\"",
+                "cluster.resource[0].location_score",
+            ),
+            (
+                "target_role = \"stopped\"",
+                "target_role = \"master\"",
+                "cluster.resource[3].target_role",
+            ),
+            (
+                "after = [\"fs\", \"dlm\"]",
+                "after = [\"fs\", \"nope\"]",
+                "cluster.resource",
+            ),
+            (
+                "placement = \"clone\"",
+                "placement = \"clone\"\nafter = [\"app\"]",
+                "cluster.resource",
+            ),
+            ("name = \"backup\"", "name = \"fs\"", "cluster.resource"),
+            (
+                "placement = \"away-from-service\"",
+                "placement = \"away-from-service\"\nrequired = true",
+                "cluster.resource",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = good.replacen(from, to, 1);
+            assert_ne!(text, good, "{from}");
+            let ps = problems(&text);
+            assert!(
+                ps.iter().any(|p| p.starts_with(key)),
+                "{key} not named for {to:?}: {ps:?}"
+            );
+        }
+        // The cycle is named as one.
+        let cyc = good.replacen(
+            "placement = \"clone\"",
+            "placement = \"clone\"\nafter = [\"dlm\"]",
+            1,
+        );
+        assert!(
+            problems(&cyc).iter().any(|p| p.contains("cycle")),
+            "{:?}",
+            problems(&cyc)
+        );
     }
 
     #[test]

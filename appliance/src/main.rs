@@ -146,6 +146,15 @@ enum HaCommand {
         /// on | off.
         state: String,
     },
+    /// Operate on one external resource (`[[cluster.resource]]`): start / stop set its
+    /// target role (persisted on this head), unmanage leaves it alone (watched only),
+    /// manage takes it back, cleanup forgets its failures and blocks.
+    Resource {
+        /// The resource's name.
+        name: String,
+        /// start | stop | manage | unmanage | cleanup.
+        action: String,
+    },
     /// The `fence-peer` handler of a replicated volume under the HA manager (set it as
     /// `handlers.fence-peer` with `fencing = "resource-and-stonith"`): exits 7 when the
     /// peer is fenced or cannot hold quorum (I/O resumes), 1 otherwise (I/O stays
@@ -178,6 +187,10 @@ enum DemoCommand {
         /// losing head demotes itself; a crashed head's portal IP is not removed).
         #[arg(long)]
         no_fence_with_witness: bool,
+        /// A TOML file of `[[cluster.resource]]` entries (external OCF agents) appended
+        /// to both heads' configurations; `{head}` in it becomes `a` or `b`.
+        #[arg(long)]
+        resources: Option<PathBuf>,
     },
     /// Show the demo: each head's PID, namespace, service and volume state.
     Status {
@@ -849,8 +862,20 @@ fn demo_command(cmd: DemoCommand) -> ExitCode {
             no_witness,
             dead_time_ms,
             no_fence_with_witness,
+            resources,
         } => {
+            let resources = match resources.map(|p| {
+                std::fs::read_to_string(&p).with_context(|| format!("--resources {}", p.display()))
+            }) {
+                Some(Err(e)) => {
+                    eprintln!("twinsan: error: {e:#}");
+                    return ExitCode::from(2);
+                }
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
             let o = demo::UpOptions {
+                resources,
                 dir: demo_dir(dir, &name),
                 size,
                 name,
@@ -947,8 +972,30 @@ fn ha_command(cmd: HaCommand, control: Option<PathBuf>, config: Option<PathBuf>)
             }
         };
     }
+    if let HaCommand::Resource { name, action } = &cmd {
+        let Some(verb) = control::ResourceVerb::parse(action) else {
+            eprintln!(
+                "twinsan: ha resource: {action:?}: expected start, stop, manage, unmanage or cleanup"
+            );
+            return ExitCode::from(1);
+        };
+        let path = match resolve_control(&NodeArg { control, config }) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("twinsan: error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        return run_request(
+            &path,
+            &Request::HaResource {
+                name: name.clone(),
+                verb,
+            },
+        );
+    }
     let verb = match cmd {
-        HaCommand::FencePeer => unreachable!("answered above"),
+        HaCommand::FencePeer | HaCommand::Resource { .. } => unreachable!("answered above"),
         HaCommand::Move { away: false } => HaVerb::Move,
         HaCommand::Move { away: true } => HaVerb::MoveAway,
         HaCommand::Unmove => HaVerb::Unmove,

@@ -80,6 +80,43 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// One external resource: name, placement, state here and what keeps it from running.
+fn resource_line(r: &Value) -> String {
+    let mut notes = Vec::new();
+    if r["managed"].as_bool() == Some(false) {
+        notes.push("UNMANAGED".to_string());
+    }
+    if r["target_role"].as_str() == Some("stopped") {
+        notes.push("target-role stopped".into());
+    }
+    if let Some(b) = r["blocked"].as_str() {
+        notes.push(format!("BLOCKED: {b}"));
+    }
+    if r["stopped_by_failure"].as_bool() == Some(true) {
+        notes.push("stopped after a failure".into());
+    }
+    if r["banned_here"].as_bool() == Some(true) {
+        notes.push("banned here".into());
+    }
+    if r["failcount"].as_u64().unwrap_or(0) > 0 {
+        notes.push(format!("failcount {}", s(&r["failcount"])));
+    }
+    if let Some(e) = r["last_error"].as_str() {
+        notes.push(format!("last error: {e}"));
+    }
+    format!(
+        "  resource {} ({}): {}{}\n",
+        s(&r["name"]),
+        s(&r["placement"]),
+        s(&r["state"]),
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", notes.join(", "))
+        }
+    )
+}
+
 /// Text rendering.
 pub fn text(v: &Value) -> String {
     let mut out = String::new();
@@ -162,6 +199,12 @@ pub fn text(v: &Value) -> String {
         );
         if let Some(f) = ha["last_fence"].as_str() {
             out += &format!("  last fence: {f}\n");
+        }
+        if let Some(b) = ha["banned"].as_str() {
+            out += &format!("  the service cannot run here: {b}\n");
+        }
+        for r in ha["resources"].as_array().into_iter().flatten() {
+            out += &resource_line(r);
         }
         for vip in ha["vips"].as_array().into_iter().flatten() {
             out += &format!(

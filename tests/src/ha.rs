@@ -72,6 +72,8 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// The twinsan binary (default: [`twinsan_bin`]).
     pub bin: Option<PathBuf>,
+    /// `--resources FILE`: `[[cluster.resource]]` entries for both heads.
+    pub resources: Option<PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -84,6 +86,7 @@ impl Default for DemoOptions {
             name: None,
             dir: None,
             bin: None,
+            resources: None,
         }
     }
 }
@@ -275,6 +278,10 @@ impl Demo {
         }
         if !opts.fence_with_witness {
             args.push("--no-fence-with-witness".into());
+        }
+        if let Some(r) = &opts.resources {
+            args.push("--resources".into());
+            args.push(r.display().to_string());
         }
         if let Some(d) = opts.dead_time_ms {
             args.push("--dead-time-ms".into());

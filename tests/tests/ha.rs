@@ -546,3 +546,222 @@ fn wait_for_all_after_both_heads_die() {
     finish(&demo, w, t_revive, 50, "wait-for-all");
     done("wait-for-all", t0);
 }
+
+/// A test OCF agent: `OCF_RESKEY_state` is its "running" file; every start and stop
+/// appends a line to `$OCF_RESKEY_state.log`.
+const FAKE_OCF: &str = r#"#!/bin/sh
+st="$OCF_RESKEY_state"
+case "$1" in
+meta-data)
+cat <<'XML'
+<?xml version="1.0"?>
+<resource-agent name="Fake" version="0.1">
+<version>1.1</version>
+<shortdesc lang="en">Test agent: a state file</shortdesc>
+<parameters>
+<parameter name="state" required="1" unique="1"><content type="string"/></parameter>
+</parameters>
+<actions>
+<action name="start" timeout="5s"/>
+<action name="stop" timeout="5s"/>
+<action name="monitor" timeout="5s" interval="1s"/>
+<action name="meta-data" timeout="5s"/>
+<action name="validate-all" timeout="5s"/>
+</actions>
+</resource-agent>
+XML
+exit 0 ;;
+validate-all) [ -n "$st" ] || exit 6; exit 0 ;;
+start) echo start >> "$st.log"; touch "$st"; exit 0 ;;
+stop) echo stop >> "$st.log"; rm -f "$st"; exit 0 ;;
+monitor) [ -f "$st" ] && exit 0; exit 7 ;;
+*) exit 3 ;;
+esac
+"#;
+
+/// The resource policy on real heads: a clone on both heads, two ordered resources
+/// with the service, one away from it. A monitor failure restarts only the failed
+/// resource and the one after it (the service and its writes stay on head a); the
+/// operator stops and starts a resource; the failure that reaches the resource's
+/// migration threshold moves the whole service to head b, and the away-from-service
+/// resource changes sides with it; `ha cleanup` forgets the failures.
+#[test]
+fn resource_policy_restarts_members_in_place_then_moves_the_service() {
+    let _g = serial();
+    let t0 = Instant::now();
+    if !twinsan_e2e::ha::is_root() {
+        // Demo::up prints the skip (or fails when root is required).
+        assert!(Demo::up(DemoOptions::default()).is_none());
+        return;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("twinsan-e2e-ocf-")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir");
+    let w_dir = work.path();
+    let agent = w_dir.join("fake-agent");
+    std::fs::write(&agent, FAKE_OCF).expect("write agent");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let state = |head: &str, r: &str| w_dir.join(format!("{head}-{r}"));
+    let mut resources = String::new();
+    for (name, extra) in [
+        ("shared", "placement = \"clone\"\n"),
+        ("fs", "after = [\"shared\"]\nmigration_threshold = 2\n"),
+        ("app", "after = [\"fs\"]\n"),
+        ("backup", "placement = \"away-from-service\"\n"),
+    ] {
+        resources += &format!(
+            "[[cluster.resource]]\nname = \"{name}\"\nagent = \"{}\"\nmonitor_interval_ms = 500\n{extra}[cluster.resource.params]\nstate = \"{}/{{head}}-{name}\"\n\n",
+            agent.display(),
+            w_dir.display(),
+        );
+    }
+    let res_file = w_dir.join("resources.toml");
+    std::fs::write(&res_file, &resources).expect("write resources");
+    let Some(demo) = Demo::up(DemoOptions {
+        resources: Some(res_file),
+        ..DemoOptions::default()
+    }) else {
+        return;
+    };
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    let rsc = |s: &serde_json::Value, h: &str, r: &str| -> serde_json::Value {
+        head(s, h)["ha"]["resources"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["name"] == r).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let rstate = |s: &serde_json::Value, h: &str, r: &str| -> String {
+        rsc(s, h, r)["state"].as_str().unwrap_or("").to_string()
+    };
+    let ops = |h: &str, r: &str| -> Vec<String> {
+        std::fs::read_to_string(w_dir.join(format!("{h}-{r}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let placed = |s: &serde_json::Value, a: bool, b: bool| {
+        let on = |h: &str, r: &str| rstate(s, h, r) == "running" && state(h, r).exists();
+        let off = |h: &str, r: &str| rstate(s, h, r) == "stopped" && !state(h, r).exists();
+        let (act, pas) = if a { ("a", "b") } else { ("b", "a") };
+        let _ = b;
+        on("a", "shared")
+            && on("b", "shared")
+            && on(act, "fs")
+            && on(act, "app")
+            && off(pas, "fs")
+            && off(pas, "app")
+            && on(pas, "backup")
+            && off(act, "backup")
+    };
+    demo.wait_until(
+        "clone on both heads, fs+app on a, backup on b",
+        TAKEOVER,
+        |s| placed(s, true, false),
+    );
+    let w = start_writer(&demo);
+    let t_first = Instant::now();
+
+    // 1. fs fails its monitor on a: app stops, fs restarts, app starts; the service
+    //    stays on a.
+    std::fs::remove_file(state("a", "fs")).expect("break fs");
+    demo.wait_until("fs restarted on head a (failcount 1)", TAKEOVER, |s| {
+        rsc(s, "a", "fs")["failcount"].as_u64() == Some(1) && placed(s, true, false)
+    });
+    assert_eq!(ops("a", "fs"), ["start", "stop", "start"], "fs on a");
+    assert_eq!(
+        ops("a", "app"),
+        ["start", "stop", "start"],
+        "app follows fs"
+    );
+    assert_eq!(ops("a", "shared"), ["start"], "the clone is not touched");
+    let s = demo.status();
+    assert!(
+        is_active(&s, "a") && vip_held(&s, "a"),
+        "the service stayed on a"
+    );
+    assert_eq!(failcount(&s, "a"), Some(0), "no service-level failure");
+    wait_acks(
+        &demo,
+        &w,
+        w.acks() + 20,
+        "20 writes after the restart of fs",
+    );
+
+    // 2. The operator stops app, then starts it again.
+    demo.ha_ok("a", &["resource", "app", "stop"]);
+    demo.wait_until("app stopped on a", TAKEOVER, |s| {
+        rstate(s, "a", "app") == "stopped"
+            && rsc(s, "a", "app")["target_role"] == "stopped"
+            && !state("a", "app").exists()
+    });
+    let out = demo.ha("a", &["resource", "nope", "stop"]);
+    assert!(!out.status.success(), "an unknown resource is refused");
+    assert!(
+        twinsan_e2e::ha::out_text(&out).contains("no resource named"),
+        "{}",
+        twinsan_e2e::ha::out_text(&out)
+    );
+    demo.ha_ok("a", &["resource", "app", "start"]);
+    demo.wait_until("app running again on a", TAKEOVER, |s| {
+        placed(s, true, false)
+    });
+
+    // 3. The second failure of fs reaches its migration threshold: the whole service
+    //    moves to b; backup changes sides.
+    std::fs::remove_file(state("a", "fs")).expect("break fs again");
+    demo.wait_until(
+        "the service moved to b with fs and app; backup on a",
+        TAKEOVER,
+        |s| is_active(s, "b") && !vip_held(s, "a") && placed(s, false, true),
+    );
+    let s = demo.status();
+    assert_eq!(rsc(&s, "a", "fs")["banned_here"], true, "fs banned on a");
+    assert!(
+        head(&s, "a")["ha"]["banned"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fs"),
+        "head a says why: {}",
+        head(&s, "a")["ha"]
+    );
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the move to b");
+
+    // 4. Cleanup forgets the failures; the service stays on b (stickiness).
+    demo.ha_ok("a", &["cleanup"]);
+    demo.wait_until("fs failures forgotten on a", TAKEOVER, |s| {
+        rsc(s, "a", "fs")["failcount"].as_u64() == Some(0) && head(s, "a")["ha"]["banned"].is_null()
+    });
+    demo.assert_for(
+        "the service stays on b after cleanup",
+        Duration::from_secs(2),
+        |s| is_active(s, "b") && placed(s, false, true),
+    );
+    let out = twinsan_e2e::ha::run_bounded(
+        std::process::Command::new(twinsan_e2e::twinsan_bin()).args([
+            "status",
+            "--control",
+            &demo.control("b").display().to_string(),
+        ]),
+        Duration::from_secs(20),
+    )
+    .expect("twinsan status");
+    let text = twinsan_e2e::ha::out_text(&out);
+    assert!(
+        text.contains("resource fs (with-service): running")
+            && text.contains("resource backup (away-from-service): stopped"),
+        "`twinsan status` lists the resources:\n{text}"
+    );
+    let text = demo.status_text();
+    assert!(
+        text.contains("resources: shared running, fs running, app running, backup stopped"),
+        "`demo status` lists head b's resources:\n{text}"
+    );
+    finish(&demo, w, t_first, 70, "resources");
+    drop(demo);
+    done("resources", t0);
+}

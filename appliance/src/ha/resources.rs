@@ -1,8 +1,8 @@
 //! The service group of a head and its sequences: start (promote the replicated
-//! volumes → targets' ALUA groups active/optimized → portal IPs with gratuitous ARP →
-//! external OCF resources), stop (the reverse, closing the iSCSI connections so that
-//! initiators reconnect to the new holder of the portal IP), monitor, and fencing the
-//! peer.
+//! volumes → targets' ALUA groups active/optimized → portal IPs with gratuitous ARP),
+//! stop (the reverse, closing the iSCSI connections so that initiators reconnect to the
+//! new holder of the portal IP), monitor, fencing the peer, and single operations of
+//! external OCF resources (the resource policy schedules them around the service).
 //!
 //! Owns: the order of operations and their retries/timeouts, and how each resource's
 //! state is read for `can_run`/monitor.
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use twinsan_agents::fence::{FenceAction, FenceAgent, Fencer};
 use twinsan_agents::ocf::{OcfAction, OcfAgent, OcfStatus};
 use twinsan_agents::vip::{Vip, VipConfig};
+use twinsan_ha::policy::MonitorResult;
 use twinsan_iscsi::Server;
 use twinsan_replication::driver::Handle;
 use twinsan_replication::replica::AdminCmd;
@@ -361,31 +362,12 @@ impl Resources {
                 tracing::warn!("tickle ACK: {e}");
             }
         }
-        for a in &self.ocf {
-            let a = a.clone();
-            let name = a.instance.clone();
-            let r = tokio::task::spawn_blocking(move || a.run(OcfAction::Start))
-                .await
-                .map_err(|e| format!("resource {name}: {e}"))?;
-            if r.status != OcfStatus::Success {
-                return Err(format!("resource {name}: start: {r}"));
-            }
-        }
         Ok(())
     }
 
     /// The stop sequence (reverse order).
     pub async fn stop(self: &Arc<Self>) -> Result<(), String> {
         let mut errors = Vec::new();
-        for a in self.ocf.iter().rev() {
-            let a = a.clone();
-            let name = a.instance.clone();
-            match tokio::task::spawn_blocking(move || a.run(OcfAction::Stop)).await {
-                Ok(r) if r.status == OcfStatus::Success => {}
-                Ok(r) => errors.push(format!("resource {name}: stop: {r}")),
-                Err(e) => errors.push(format!("resource {name}: {e}")),
-            }
-        }
         for (name, v) in self.vips.iter().rev() {
             let v = v.clone();
             match tokio::task::spawn_blocking(move || lock(&v).stop()).await {
@@ -451,7 +433,48 @@ impl Resources {
         Ok(())
     }
 
-    /// Monitor every resource of the running service: Err((resource, what)).
+    fn ocf_agent(&self, name: &str) -> Option<&OcfAgent> {
+        self.ocf.iter().find(|a| a.instance == name)
+    }
+
+    /// Start or stop one external OCF resource (blocking: call from a blocking task).
+    /// A stop that finds it not running (7) succeeded.
+    pub fn ocf_op(&self, name: &str, start: bool) -> Result<(), String> {
+        let a = self
+            .ocf_agent(name)
+            .ok_or_else(|| format!("no resource {name}"))?;
+        let r = a.run(if start {
+            OcfAction::Start
+        } else {
+            OcfAction::Stop
+        });
+        match r.status {
+            OcfStatus::Success => Ok(()),
+            OcfStatus::NotRunning if !start => Ok(()),
+            _ => Err(r.to_string()),
+        }
+    }
+
+    /// Monitor one external OCF resource (blocking): 0, 8 and the degraded codes are
+    /// running, 7 is cleanly stopped, anything else failed.
+    pub fn ocf_monitor(&self, name: &str) -> MonitorResult {
+        let Some(a) = self.ocf_agent(name) else {
+            return MonitorResult::Failed(format!("no resource {name}"));
+        };
+        let r = a.run(OcfAction::Monitor);
+        match r.status {
+            OcfStatus::Success
+            | OcfStatus::RunningPromoted
+            | OcfStatus::Degraded
+            | OcfStatus::DegradedPromoted => MonitorResult::Running,
+            OcfStatus::NotRunning => MonitorResult::NotRunning,
+            _ => MonitorResult::Failed(r.to_string()),
+        }
+    }
+
+    /// Monitor the service group's own resources (volumes, targets, portal IPs) while
+    /// it runs here: Err((resource, what)). External OCF resources are monitored by
+    /// the resource policy.
     pub async fn monitor(self: &Arc<Self>) -> Result<(), (String, String)> {
         for h in &self.volumes {
             if h.role() != Role::Primary {
@@ -482,12 +505,6 @@ impl Resources {
                         return Err((format!("portal IP {name}"), "address missing".into()))
                     }
                     Err(e) => return Err((format!("portal IP {name}"), e.to_string())),
-                }
-            }
-            for a in &me.ocf {
-                let r = a.run(OcfAction::Monitor);
-                if r.status != OcfStatus::Success {
-                    return Err((format!("resource {}", a.instance), r.to_string()));
                 }
             }
             Ok(())

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use twinsan_ha::clients::{is_client_list, ClientList};
 use twinsan_ha::manager::{self, AdminCmd, Manager, Op};
 use twinsan_ha::outdate::{is_outdate, Outdate};
+use twinsan_ha::policy::{self, Override, Policy, ResourceCmd};
 use twinsan_ha::wire::{ClusterKey, Stamp};
 use twinsan_ha::{Action, Event, HaNode, Input};
 
@@ -113,8 +114,60 @@ pub struct HaSnapshot {
     pub links: Vec<LinkSnapshot>,
     /// Portal IPs and whether this head holds them.
     pub vips: Vec<(String, bool)>,
+    /// A required resource keeps the service away from this head: why.
+    pub banned: Option<String>,
+    /// External OCF resources on this head, in start order.
+    pub resources: Vec<ResourceSnapshot>,
     /// Recent events, oldest first.
     pub events: Vec<EventRecord>,
+}
+
+/// One external OCF resource in status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceSnapshot {
+    /// Instance name.
+    pub name: String,
+    /// with-service | away-from-service | clone.
+    pub placement: &'static str,
+    /// unknown | stopped | starting | running | stopping | failed.
+    pub state: &'static str,
+    /// started | stopped (configured, or set with `twinsan ha resource`).
+    pub target_role: &'static str,
+    /// false: watched only (unmanaged, or maintenance mode).
+    pub managed: bool,
+    /// The policy wants it running on this head now.
+    pub wanted_here: bool,
+    /// Failures here within the failure timeout.
+    pub failcount: u32,
+    /// Banned from this head (location -INFINITY or migration threshold).
+    pub banned_here: bool,
+    /// Blocked (no operations until cleanup): why.
+    pub blocked: Option<String>,
+    /// Stopped by on-fail=stop until cleanup.
+    pub stopped_by_failure: bool,
+    /// Newest failure.
+    pub last_error: Option<String>,
+    /// restart | stop | block | ignore | standby | fence.
+    pub on_fail: &'static str,
+}
+
+impl From<policy::ResourceStatus> for ResourceSnapshot {
+    fn from(r: policy::ResourceStatus) -> Self {
+        ResourceSnapshot {
+            name: r.name,
+            placement: r.placement.as_str(),
+            state: r.phase.as_str(),
+            target_role: r.target_role.as_str(),
+            managed: r.managed,
+            wanted_here: r.wanted_here,
+            failcount: r.failcount,
+            banned_here: r.banned_here,
+            blocked: r.blocked,
+            stopped_by_failure: r.stopped_by_failure,
+            last_error: r.last_error,
+            on_fail: r.on_fail.as_str(),
+        }
+    }
 }
 
 /// What the control socket sends the owner task.
@@ -127,6 +180,8 @@ pub enum Request {
     /// peer is fenced or cannot hold quorum: resume I/O) or 1 (not safe: keep I/O
     /// frozen; the manager stops the service if this head lost the cluster).
     ResolvePeer(oneshot::Sender<(i32, String)>),
+    /// An operator command on one external resource.
+    Resource(ResourceCmd, oneshot::Sender<Result<(), String>>),
 }
 
 /// How long a `fence-peer` question may wait for the cluster to settle (below the
@@ -161,6 +216,17 @@ impl HaHandle {
             .map_err(|_| "the HA manager is stopped".to_string())?
     }
 
+    /// Run an operator command on external resources.
+    pub async fn resource(&self, cmd: ResourceCmd) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Resource(cmd, tx))
+            .await
+            .map_err(|_| "the HA manager is stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the HA manager is stopped".to_string())?
+    }
+
     /// The newest snapshot.
     pub fn snapshot(&self) -> Arc<HaSnapshot> {
         self.status.borrow().clone()
@@ -181,6 +247,7 @@ enum Internal {
     },
     Witness(Vec<u8>),
     Done(manager::Input),
+    Policy(policy::Input),
 }
 
 /// Report a finished start or stop sequence to the owner task.
@@ -223,6 +290,14 @@ pub async fn start(
     let node = HaNode::new(core, &secret).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
     let key = ClusterKey::new(&secret).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
     let mgr = Manager::new(cluster.manager_config());
+    let mut policy = Policy::new(&cluster.resource_defs())
+        .map_err(|e| anyhow::anyhow!("cluster.resource: {e}"))?;
+    let overrides_path = cluster.state_dir.join(OVERRIDES_FILE);
+    for o in read_overrides(&overrides_path)? {
+        if let Err(e) = policy.set_override(&o) {
+            warn!("{}: {e} (ignored)", overrides_path.display());
+        }
+    }
     let links = cluster.link_addrs();
     let mut sockets = Vec::new();
     for (local, _) in &links {
@@ -312,6 +387,10 @@ pub async fn start(
         cluster: cluster.clone(),
         node,
         mgr,
+        policy,
+        overrides_path,
+        service_stop_pending: false,
+        banned_sent: None,
         boot,
         started: Instant::now(),
         sockets,
@@ -351,6 +430,15 @@ struct Owner {
     cluster: ClusterSection,
     node: HaNode,
     mgr: Manager,
+    /// The external resources' policy.
+    policy: Policy,
+    /// Where operator overrides of the resources persist.
+    overrides_path: std::path::PathBuf,
+    /// The manager asked to stop the service; its own stop sequence waits until the
+    /// `with-service` resources have stopped.
+    service_stop_pending: bool,
+    /// The last `Banned` input given to the manager.
+    banned_sent: Option<Option<String>>,
     boot: u64,
     started: Instant,
     sockets: Vec<Arc<UdpSocket>>,
@@ -399,7 +487,7 @@ impl Owner {
         let mut leaving: Option<(Instant, Option<Instant>)> = None;
         loop {
             if let Some((deadline, passive_since)) = &mut leaving {
-                if self.mgr.state() == manager::ServiceState::Passive {
+                if self.mgr.state() == manager::ServiceState::Passive && self.policy.quiet() {
                     let since = *passive_since.get_or_insert_with(Instant::now);
                     // Let a few heartbeats carry "leaving" before they stop.
                     if since.elapsed() >= Duration::from_millis(4 * self.cluster.interval_ms) {
@@ -414,12 +502,10 @@ impl Owner {
             let now = self.now_ms();
             self.node.handle(now, Input::Tick);
             self.pump(now);
-            let next = self
-                .mgr
-                .next_timeout_ms()
-                .map_or(self.node.next_timeout_ms(), |m| {
-                    m.min(self.node.next_timeout_ms())
-                });
+            let next = [self.mgr.next_timeout_ms(), self.policy.next_timeout_ms()]
+                .into_iter()
+                .flatten()
+                .fold(self.node.next_timeout_ms(), u64::min);
             let sleep_ms = next.saturating_sub(self.now_ms()).min(1000);
             self.answer_resolve();
             let sleep_ms = if leaving.is_some() || !self.resolve.is_empty() {
@@ -473,6 +559,7 @@ impl Owner {
                             self.vip_cache = None;
                             self.mgr.handle(now, i);
                         }
+                        Internal::Policy(i) => self.policy.handle(now, i),
                     }
                 }
                 r = req_rx.recv() => {
@@ -480,7 +567,29 @@ impl Owner {
                     match r {
                         Some(Request::Admin(cmd, reply)) => {
                             self.mgr.handle(now, manager::Input::Admin(cmd));
+                            if cmd == AdminCmd::Cleanup {
+                                let _ = self.policy.admin(now, ResourceCmd::Cleanup(None));
+                            }
                             let _ = reply.send(Ok(()));
+                        }
+                        Some(Request::Resource(cmd, reply)) => {
+                            let persist = matches!(
+                                cmd,
+                                ResourceCmd::Start(_)
+                                    | ResourceCmd::Stop(_)
+                                    | ResourceCmd::Manage(_)
+                                    | ResourceCmd::Unmanage(_)
+                            );
+                            let r = self.policy.admin(now, cmd).map_err(|e| e.to_string());
+                            let r = match r {
+                                Ok(()) if persist => write_overrides(
+                                    &self.overrides_path,
+                                    &self.policy.overrides(),
+                                )
+                                .map_err(|e| format!("applied, but not persisted: {e:#}")),
+                                r => r,
+                            };
+                            let _ = reply.send(r);
                         }
                         Some(Request::ResolvePeer(reply)) => {
                             self.record("replication lost its peer: fence-peer asks whether this head may write alone".into());
@@ -545,6 +654,7 @@ impl Owner {
                 any = true;
                 self.apply(now, a);
             }
+            any |= self.pump_policy(now, peer_summary);
             if !any {
                 break;
             }
@@ -604,11 +714,9 @@ impl Owner {
                 });
             }
             manager::Action::Stop => {
-                let res = self.res.clone();
-                let tx = self.itx.clone();
-                tokio::spawn(async move {
-                    op_done(&tx, Op::Stop, res.stop().await).await;
-                });
+                // The with-service resources stop first (the policy sees the service
+                // leave); the service's own sequence follows in pump_policy.
+                self.service_stop_pending = true;
             }
             manager::Action::Monitor => {
                 let res = self.res.clone();
@@ -625,17 +733,126 @@ impl Owner {
                 });
             }
             manager::Action::Suicide => {
-                // Fence ourselves: no orderly stop (that is what `stop` is for); only
-                // the portal IPs go, so the peer's takeover does not meet them.
-                tracing::error!("no quorum and no-quorum-policy=suicide: exiting at once");
-                self.res.server.drop_connections();
-                let res = self.res.clone();
-                std::thread::spawn(move || {
-                    res.remove_vips_now();
-                    std::process::exit(70);
-                });
+                self.self_fence("no quorum and no-quorum-policy=suicide");
             }
         }
+    }
+
+    /// Fence ourselves: no orderly stop (that is what `stop` is for); only the portal
+    /// IPs go, so the peer's takeover does not meet them. The peer fences this head
+    /// when its heartbeats stop.
+    fn self_fence(&mut self, why: &str) {
+        tracing::error!("{why}: exiting at once");
+        self.res.server.drop_connections();
+        let res = self.res.clone();
+        std::thread::spawn(move || {
+            res.remove_vips_now();
+            std::process::exit(70);
+        });
+    }
+
+    /// Tell the resource policy where the service runs, carry out its actions, start
+    /// the service's own stop once the with-service resources are down, and tell the
+    /// manager whether a required resource keeps the service away. True when anything
+    /// happened.
+    fn pump_policy(&mut self, now: u64, peer_summary: Option<u32>) -> bool {
+        let m = self.mgr.status();
+        let peer = if m.peer_alive {
+            peer_summary.unwrap_or(0)
+        } else {
+            0
+        };
+        let quorate = self.node.status().quorum.state.has_quorum
+            || self.cluster.policy() == twinsan_ha::quorum::NoQuorumPolicy::Ignore;
+        let ctx = policy::Context {
+            service_here: m.state == manager::ServiceState::Active && !self.service_stop_pending,
+            service_on_peer: peer & manager::SUMMARY_ACTIVE != 0
+                && peer & manager::SUMMARY_MOVE_AWAY == 0,
+            online: !m.standby && quorate,
+            maintenance: m.maintenance || peer & manager::SUMMARY_MAINTENANCE != 0,
+        };
+        self.policy.handle(now, policy::Input::Context(ctx));
+        let mut any = false;
+        while let Some(a) = self.policy.poll_action() {
+            any = true;
+            self.apply_policy(now, a);
+        }
+        if self.service_stop_pending && self.policy.with_service_quiet() {
+            self.service_stop_pending = false;
+            any = true;
+            let res = self.res.clone();
+            let tx = self.itx.clone();
+            tokio::spawn(async move {
+                op_done(&tx, Op::Stop, res.stop().await).await;
+            });
+        }
+        let banned = self.policy.service_allowed_here().err();
+        if self.banned_sent.as_ref() != Some(&banned) {
+            self.banned_sent = Some(banned.clone());
+            self.mgr.handle(now, manager::Input::Banned(banned));
+            any = true;
+        }
+        any
+    }
+
+    fn apply_policy(&mut self, now: u64, a: policy::Action) {
+        match a {
+            policy::Action::Event(e) => self.record(e),
+            policy::Action::Start(name) => self.spawn_ocf_op(name, true),
+            policy::Action::Stop(name) => self.spawn_ocf_op(name, false),
+            policy::Action::Monitor(name) => {
+                let res = self.res.clone();
+                let tx = self.itx.clone();
+                tokio::spawn(async move {
+                    let n = name.clone();
+                    let result = tokio::task::spawn_blocking(move || res.ocf_monitor(&n))
+                        .await
+                        .unwrap_or_else(|e| policy::MonitorResult::Failed(e.to_string()));
+                    let _ = tx
+                        .send(Internal::Policy(policy::Input::MonitorDone {
+                            resource: name,
+                            result,
+                        }))
+                        .await;
+                });
+            }
+            policy::Action::Standby(why) => {
+                self.record(format!("{why}: this head goes to standby"));
+                self.mgr
+                    .handle(now, manager::Input::Admin(AdminCmd::Standby));
+            }
+            policy::Action::SelfFence(why) => self.self_fence(&why),
+        }
+    }
+
+    /// Start or stop one external resource on a blocking task; the result comes back
+    /// to the policy.
+    fn spawn_ocf_op(&self, name: String, start: bool) {
+        let res = self.res.clone();
+        let tx = self.itx.clone();
+        tokio::spawn(async move {
+            let n = name.clone();
+            let r = tokio::task::spawn_blocking(move || res.ocf_op(&n, start))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            let (ok, message) = match r {
+                Ok(()) => (true, String::new()),
+                Err(e) => (false, e),
+            };
+            let op = if start {
+                policy::RscOp::Start
+            } else {
+                policy::RscOp::Stop
+            };
+            let _ = tx
+                .send(Internal::Policy(policy::Input::OpDone {
+                    resource: name,
+                    op,
+                    ok,
+                    message,
+                }))
+                .await;
+        });
     }
 
     /// While active: tell the peer which initiator connections this head holds on the
@@ -894,8 +1111,110 @@ impl Owner {
                 })
                 .collect(),
             vips: self.vip_holdings(),
+            banned: m.banned,
+            resources: self
+                .policy
+                .status()
+                .into_iter()
+                .map(ResourceSnapshot::from)
+                .collect(),
             events: self.events.iter().cloned().collect(),
         };
         self.status.send_replace(Arc::new(snap));
+    }
+}
+
+/// The file in `state_dir` that keeps operator overrides of resources.
+const OVERRIDES_FILE: &str = "resource-overrides";
+
+/// Read persisted overrides: lines `NAME target-role=started|stopped managed=true|false`.
+fn read_overrides(path: &std::path::Path) -> anyhow::Result<Vec<Override>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || anyhow::anyhow!("{}:{}: {line:?} is corrupt", path.display(), n + 1);
+        let mut words = line.split_ascii_whitespace();
+        let name = words.next().ok_or_else(bad)?.to_string();
+        let (mut role, mut managed) = (None, None);
+        for w in words {
+            match w.split_once('=') {
+                Some(("target-role", v)) => {
+                    role = Some(policy::TargetRole::parse(v).map_err(|_| bad())?)
+                }
+                Some(("managed", v)) => managed = Some(v.parse::<bool>().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        out.push(Override {
+            name,
+            target_role: role,
+            managed,
+        });
+    }
+    Ok(out)
+}
+
+/// Persist overrides (atomically: a new file renamed over the old one).
+fn write_overrides(path: &std::path::Path, overrides: &[Override]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut text =
+        String::from("# operator overrides of [[cluster.resource]] (twinsan ha resource)\n");
+    for o in overrides {
+        text.push_str(&o.name);
+        if let Some(r) = o.target_role {
+            text.push_str(&format!(" target-role={}", r.as_str()));
+        }
+        if let Some(m) = o.managed {
+            text.push_str(&format!(" managed={m}"));
+        }
+        text.push('\n');
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_persist_and_corrupt_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(OVERRIDES_FILE);
+        assert!(read_overrides(&p).unwrap().is_empty(), "no file: none");
+        let o = vec![
+            Override {
+                name: "fs".into(),
+                target_role: Some(policy::TargetRole::Stopped),
+                managed: None,
+            },
+            Override {
+                name: "app".into(),
+                target_role: None,
+                managed: Some(false),
+            },
+        ];
+        write_overrides(&p, &o).unwrap();
+        assert_eq!(read_overrides(&p).unwrap(), o);
+        std::fs::write(&p, "fs target-role=sideways\n").unwrap();
+        let e = read_overrides(&p).unwrap_err().to_string();
+        assert!(e.contains(":1:") && e.contains("corrupt"), "{e}");
+        std::fs::write(&p, "fs colour=blue\n").unwrap();
+        assert!(read_overrides(&p).is_err());
     }
 }

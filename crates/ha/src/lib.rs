@@ -18,6 +18,7 @@ pub mod manager;
 pub mod membership;
 pub mod node;
 pub mod outdate;
+pub mod policy;
 pub mod quorum;
 pub mod wire;
 pub mod witness;

@@ -214,6 +214,10 @@ pub enum Input {
     /// Whether this head could run the service (every volume UpToDate, or already
     /// Primary here).
     CanRun(bool),
+    /// A required resource cannot run here (banned by location or failed up to its
+    /// migration threshold; see [`crate::policy`]): why, or `None` when it can again.
+    /// Like the service's own migration threshold, this moves the service away.
+    Banned(Option<String>),
     /// An operator command.
     Admin(AdminCmd),
     /// A fence attempt ended.
@@ -283,6 +287,8 @@ pub struct ManagerStatus {
     pub failcount: u32,
     /// The migration threshold was reached here.
     pub failed_here: bool,
+    /// A required resource cannot run here: why.
+    pub banned: Option<String>,
     /// This head could run the service.
     pub can_run: bool,
     /// The peer's role summary.
@@ -310,6 +316,7 @@ pub struct Manager {
     leaving: bool,
     moved: Option<bool>,
     failures_ms: Vec<u64>,
+    banned: Option<String>,
     can_run: bool,
     peer_alive: bool,
     peer_summary: Option<u32>,
@@ -343,6 +350,7 @@ impl Manager {
             leaving: false,
             moved: None,
             failures_ms: Vec::new(),
+            banned: None,
             can_run: false,
             peer_alive: false,
             peer_summary: None,
@@ -422,6 +430,15 @@ impl Manager {
                 self.quorum = Some(quorum);
             }
             Input::CanRun(c) => self.can_run = c,
+            Input::Banned(b) => {
+                if b != self.banned {
+                    match &b {
+                        Some(why) => self.event(format!("the service cannot run here: {why}")),
+                        None => self.event("no resource keeps the service away any more".into()),
+                    }
+                    self.banned = b;
+                }
+            }
             Input::Admin(cmd) => self.admin(cmd),
             Input::FenceDone { ok, report } => {
                 if self.state == ServiceState::Fencing {
@@ -558,6 +575,7 @@ impl Manager {
     fn failed_here(&self) -> bool {
         self.cfg.migration_threshold > 0
             && self.failures_ms.len() as u32 >= self.cfg.migration_threshold
+            || self.banned.is_some()
     }
 
     /// The service may run here (ignoring the peer).
@@ -624,11 +642,14 @@ impl Manager {
         if self.standby || self.failed_here() || self.moved == Some(false) {
             let why = if self.standby {
                 "standby"
+            } else if let Some(b) = &self.banned {
+                b.as_str()
             } else if self.failed_here() {
                 "migration threshold reached"
             } else {
                 "moved away"
             };
+            let why = why.to_string();
             self.event(format!("stopping the service here: {why}"));
             self.stop();
             return;
@@ -677,18 +698,17 @@ impl Manager {
 
     fn step_passive(&mut self, q: QuorumState, quorate: bool) {
         if !self.allowed_here() {
-            self.waiting = Some(
-                if self.standby {
-                    "standby"
-                } else if self.failed_here() {
-                    "migration threshold reached here; `twinsan ha cleanup` resets"
-                } else if self.moved == Some(false) {
-                    "moved away"
-                } else {
-                    "the local data cannot be promoted (not UpToDate)"
-                }
-                .into(),
-            );
+            self.waiting = Some(if self.standby {
+                "standby".to_string()
+            } else if let Some(b) = &self.banned {
+                format!("{b}; `twinsan ha cleanup` resets")
+            } else if self.failed_here() {
+                "migration threshold reached here; `twinsan ha cleanup` resets".to_string()
+            } else if self.moved == Some(false) {
+                "moved away".to_string()
+            } else {
+                "the local data cannot be promoted (not UpToDate)".to_string()
+            });
             return;
         }
         if !quorate {
@@ -879,6 +899,7 @@ impl Manager {
             moved: self.moved,
             failcount: self.failures_ms.len() as u32,
             failed_here: self.failed_here(),
+            banned: self.banned.clone(),
             can_run: self.can_run,
             peer_summary: self.peer_summary,
             peer_alive: self.peer_alive,

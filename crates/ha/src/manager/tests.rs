@@ -421,3 +421,38 @@ fn a_fenced_peer_that_reboots_is_not_fenced_again_before_it_is_alive() {
     a.handle(9000, cluster(false, lost_no_witness(), PEER_PASSIVE));
     assert_eq!(ops(&mut a), vec![Action::FencePeer]);
 }
+
+#[test]
+fn a_resource_banned_here_moves_the_service_and_the_peer_takes_it() {
+    let mut a = active(1, 2, true);
+    a.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert!(ops(&mut a).is_empty());
+    a.handle(
+        20,
+        Input::Banned(Some("resource fs failed 3 times here".into())),
+    );
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+    a.handle(
+        30,
+        Input::OpDone {
+            op: Op::Stop,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    let st = a.status();
+    assert_eq!(st.state, ServiceState::Passive);
+    assert!(st.waiting.unwrap().contains("resource fs"));
+    let bits = a.summary();
+    assert_eq!(bits & SUMMARY_CAN_RUN, 0, "says it cannot run the service");
+    assert_ne!(bits & SUMMARY_MOVE_AWAY, 0);
+    // The peer, though not preferred, starts.
+    let mut b = node(2, 1, true);
+    b.handle(40, cluster(true, visible(), bits));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+    // Cleared (cleanup of the resource): head a may run it again, stays passive.
+    a.handle(50, cluster(true, visible(), PEER_ACTIVE));
+    a.handle(60, Input::Banned(None));
+    assert!(ops(&mut a).is_empty());
+    assert_ne!(a.summary() & SUMMARY_CAN_RUN, 0);
+}
