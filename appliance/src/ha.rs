@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use twinsan_ha::manager::ManagerConfig;
+use twinsan_ha::manager::{ManagerConfig, ServiceOnFail};
 use twinsan_ha::membership::MembershipConfig;
 use twinsan_ha::policy::{OnFail, Placement, PolicyError, ResourceDef, Score, TargetRole};
 use twinsan_ha::quorum::{NoQuorumPolicy, QuorumConfig, WitnessClientConfig};
@@ -73,6 +73,10 @@ pub struct ClusterSection {
     /// Resource monitor interval while active (0 = off).
     #[serde(default = "default_monitor_interval_ms")]
     pub monitor_interval_ms: u64,
+    /// What a monitor failure of the service's own resources (volumes, targets, portal
+    /// IPs) does: restart | demote | standby | fence | block | ignore.
+    #[serde(default = "default_on_fail")]
+    pub on_fail: String,
     /// The passive head waits this long before fencing (the active one fences at once).
     #[serde(default = "default_fence_delay_passive_ms")]
     pub fence_delay_passive_ms: u64,
@@ -376,6 +380,7 @@ impl ClusterSection {
         c.fence_with_witness = self.fence_with_witness;
         c.no_quorum_policy = self.policy();
         c.monitor_interval_ms = self.monitor_interval_ms;
+        c.on_fail = ServiceOnFail::parse(&self.on_fail).unwrap_or_default();
         if let Some(f) = &self.fence {
             c.fence_retry_interval_ms = f.retry_interval_ms.max(100);
         }
@@ -411,6 +416,15 @@ pub fn validate(c: &ClusterSection, p: &mut impl FnMut(String, String)) {
             format!(
                 "{:?}: expected stop, freeze, ignore or suicide",
                 c.no_quorum_policy
+            ),
+        );
+    }
+    if ServiceOnFail::parse(&c.on_fail).is_none() {
+        p(
+            "cluster.on_fail".into(),
+            format!(
+                "{:?}: expected restart, demote, standby, fence, block or ignore",
+                c.on_fail
             ),
         );
     }
@@ -626,6 +640,11 @@ interface = "eth0"
                 "name = \"c1\"",
                 "name = \"c1\"\nwitness = \"w:1\"",
                 "cluster.witness",
+            ),
+            (
+                "name = \"c1\"",
+                "name = \"c1\"\non_fail = \"stop\"",
+                "cluster.on_fail",
             ),
         ];
         for (from, to, key) in cases {

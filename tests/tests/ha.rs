@@ -582,7 +582,7 @@ esac
 /// The resource policy on real heads: a clone on both heads, two ordered resources
 /// with the service, one away from it. A monitor failure restarts only the failed
 /// resource and the one after it (the service and its writes stay on head a); the
-/// operator stops and starts a resource; the failure that reaches the resource's
+/// operator stops and starts a resource (the peer adopts the target role); the failure that reaches the resource's
 /// migration threshold moves the whole service to head b, and the away-from-service
 /// resource changes sides with it; `ha cleanup` forgets the failures.
 #[test]
@@ -694,10 +694,11 @@ fn resource_policy_restarts_members_in_place_then_moves_the_service() {
 
     // 2. The operator stops app, then starts it again.
     demo.ha_ok("a", &["resource", "app", "stop"]);
-    demo.wait_until("app stopped on a", TAKEOVER, |s| {
+    demo.wait_until("app stopped on a, and head b knows", TAKEOVER, |s| {
         rstate(s, "a", "app") == "stopped"
             && rsc(s, "a", "app")["target_role"] == "stopped"
             && !state("a", "app").exists()
+            && rsc(s, "b", "app")["target_role"] == "stopped"
     });
     let out = demo.ha("a", &["resource", "nope", "stop"]);
     assert!(!out.status.success(), "an unknown resource is refused");
@@ -707,8 +708,8 @@ fn resource_policy_restarts_members_in_place_then_moves_the_service() {
         twinsan_e2e::ha::out_text(&out)
     );
     demo.ha_ok("a", &["resource", "app", "start"]);
-    demo.wait_until("app running again on a", TAKEOVER, |s| {
-        placed(s, true, false)
+    demo.wait_until("app running again on a, and head b knows", TAKEOVER, |s| {
+        placed(s, true, false) && rsc(s, "b", "app")["target_role"] == "started"
     });
 
     // 3. The second failure of fs reaches its migration threshold: the whole service

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use twinsan_ha::clients::{is_client_list, ClientList};
 use twinsan_ha::manager::{self, AdminCmd, Manager, Op};
 use twinsan_ha::outdate::{is_outdate, Outdate};
+use twinsan_ha::overrides::{is_overrides, OverrideSet};
 use twinsan_ha::policy::{self, Override, Policy, ResourceCmd};
 use twinsan_ha::wire::{ClusterKey, Stamp};
 use twinsan_ha::{Action, Event, HaNode, Input};
@@ -34,8 +35,9 @@ use super::ClusterSection;
 pub const EVENTS_MAX: usize = 64;
 /// Longest a portal IP holding shown in status may be old.
 const VIP_STATUS_MAX_AGE_MS: u64 = 1000;
-/// Largest datagram read.
-const DATAGRAM_MAX_BYTES: usize = 512;
+/// Largest datagram read (a full client list is 1232 bytes, a full override set 4376;
+/// a larger datagram would arrive truncated and fail its MAC).
+const DATAGRAM_MAX_BYTES: usize = 8192;
 
 /// One event for status.
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +242,7 @@ enum Internal {
     },
     Clients(Vec<u8>),
     Outdate(Vec<u8>),
+    Overrides(Vec<u8>),
     /// This head's volumes were (or could not be) outdated for the peer's request.
     OutdatedForPeer {
         nonce: u64,
@@ -293,7 +296,8 @@ pub async fn start(
     let mut policy = Policy::new(&cluster.resource_defs())
         .map_err(|e| anyhow::anyhow!("cluster.resource: {e}"))?;
     let overrides_path = cluster.state_dir.join(OVERRIDES_FILE);
-    for o in read_overrides(&overrides_path)? {
+    let (overrides_version, overrides) = read_overrides(&overrides_path)?;
+    for o in overrides {
         if let Err(e) = policy.set_override(&o) {
             warn!("{}: {e} (ignored)", overrides_path.display());
         }
@@ -345,6 +349,8 @@ pub async fn start(
                                 Internal::Clients(bytes)
                             } else if is_outdate(&bytes) {
                                 Internal::Outdate(bytes)
+                            } else if is_overrides(&bytes) {
+                                Internal::Overrides(bytes)
                             } else {
                                 Internal::Datagram { link: i as u8, bytes }
                             };
@@ -389,6 +395,8 @@ pub async fn start(
         mgr,
         policy,
         overrides_path,
+        overrides_version,
+        overrides_seq: 0,
         service_stop_pending: false,
         banned_sent: None,
         boot,
@@ -434,6 +442,9 @@ struct Owner {
     policy: Policy,
     /// Where operator overrides of the resources persist.
     overrides_path: std::path::PathBuf,
+    /// Lamport version of the override set (shared with the peer).
+    overrides_version: u64,
+    overrides_seq: u64,
     /// The manager asked to stop the service; its own stop sequence waits until the
     /// `with-service` resources have stopped.
     service_stop_pending: bool,
@@ -520,7 +531,10 @@ impl Owner {
                     leaving = Some((Instant::now() + Duration::from_secs(30), None));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
-                _ = clients_tick.tick() => self.send_clients(),
+                _ = clients_tick.tick() => {
+                    self.send_clients();
+                    self.send_overrides();
+                }
                 _ = can_run_tick.tick() => {
                     let c = self.res.can_run();
                     if last_can_run != Some(c) {
@@ -538,6 +552,7 @@ impl Owner {
                         }
                         Internal::Clients(bytes) => self.on_clients(&bytes),
                         Internal::Outdate(bytes) => self.on_outdate(&bytes),
+                        Internal::Overrides(bytes) => self.on_overrides(&bytes),
                         Internal::OutdatedForPeer { nonce, ok } => {
                             self.record(format!(
                                 "the peer asked this head to outdate its data (its replication link failed): {}",
@@ -582,11 +597,17 @@ impl Owner {
                             );
                             let r = self.policy.admin(now, cmd).map_err(|e| e.to_string());
                             let r = match r {
-                                Ok(()) if persist => write_overrides(
-                                    &self.overrides_path,
-                                    &self.policy.overrides(),
-                                )
-                                .map_err(|e| format!("applied, but not persisted: {e:#}")),
+                                Ok(()) if persist => {
+                                    // One more than any version seen: the peer adopts it.
+                                    self.overrides_version += 1;
+                                    self.send_overrides();
+                                    write_overrides(
+                                        &self.overrides_path,
+                                        self.overrides_version,
+                                        &self.policy.overrides(),
+                                    )
+                                    .map_err(|e| format!("applied, but not persisted: {e:#}"))
+                                }
                                 r => r,
                             };
                             let _ = reply.send(r);
@@ -733,7 +754,9 @@ impl Owner {
                 });
             }
             manager::Action::Suicide => {
-                self.self_fence("no quorum and no-quorum-policy=suicide");
+                self.self_fence(
+                    "the HA manager self-fences this head (no-quorum-policy=suicide or on_fail=fence)",
+                );
             }
         }
     }
@@ -886,6 +909,63 @@ impl Owner {
         let bytes = list.encode(&self.key);
         for (s, (_, peer)) in self.sockets.iter().zip(&self.links) {
             let _ = s.try_send_to(&bytes, *peer);
+        }
+    }
+
+    /// Tell the peer this head's resource overrides (once any was ever set).
+    fn send_overrides(&mut self) {
+        if self.overrides_version == 0 || self.sockets.is_empty() {
+            return;
+        }
+        self.overrides_seq += 1;
+        let set = OverrideSet {
+            sender: self.cluster.node_id,
+            cluster_id: super::cluster_id(&self.cluster.name),
+            stamp: Stamp {
+                boot: self.boot,
+                seq: self.overrides_seq,
+            },
+            version: self.overrides_version,
+            overrides: self.policy.overrides(),
+        };
+        match set.encode(&self.key) {
+            Ok(bytes) => {
+                for (s, (_, peer)) in self.sockets.iter().zip(&self.links) {
+                    let _ = s.try_send_to(&bytes, *peer);
+                }
+            }
+            Err(e) => warn!("cannot send the resource overrides: {e}"),
+        }
+    }
+
+    /// The peer's override set: adopt it when it is newer.
+    fn on_overrides(&mut self, bytes: &[u8]) {
+        let Ok(set) = OverrideSet::decode(bytes, &self.key) else {
+            return;
+        };
+        if set.sender != self.cluster.peer_node_id
+            || set.cluster_id != super::cluster_id(&self.cluster.name)
+            || !set.wins_over(self.overrides_version, self.cluster.node_id)
+            || (set.version == self.overrides_version && set.overrides == self.policy.overrides())
+        {
+            return;
+        }
+        let unknown = self.policy.replace_overrides(&set.overrides);
+        self.overrides_version = set.version;
+        self.record(format!(
+            "resource overrides from the peer adopted (version {}){}",
+            set.version,
+            if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; resources unknown here (the configurations differ): {}",
+                    unknown.join(", ")
+                )
+            }
+        ));
+        if let Err(e) = write_overrides(&self.overrides_path, set.version, &set.overrides) {
+            warn!("cannot persist the peer's resource overrides: {e:#}");
         }
     }
 
@@ -1127,14 +1207,16 @@ impl Owner {
 /// The file in `state_dir` that keeps operator overrides of resources.
 const OVERRIDES_FILE: &str = "resource-overrides";
 
-/// Read persisted overrides: lines `NAME target-role=started|stopped managed=true|false`.
-fn read_overrides(path: &std::path::Path) -> anyhow::Result<Vec<Override>> {
+/// Read persisted overrides: a line `version N`, then lines
+/// `NAME target-role=started|stopped managed=true|false`.
+fn read_overrides(path: &std::path::Path) -> anyhow::Result<(u64, Vec<Override>)> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut out = Vec::new();
+    let mut version = 0;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -1143,6 +1225,13 @@ fn read_overrides(path: &std::path::Path) -> anyhow::Result<Vec<Override>> {
         let bad = || anyhow::anyhow!("{}:{}: {line:?} is corrupt", path.display(), n + 1);
         let mut words = line.split_ascii_whitespace();
         let name = words.next().ok_or_else(bad)?.to_string();
+        if name == "version" {
+            version = words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(bad)?;
+            continue;
+        }
         let (mut role, mut managed) = (None, None);
         for w in words {
             match w.split_once('=') {
@@ -1159,14 +1248,19 @@ fn read_overrides(path: &std::path::Path) -> anyhow::Result<Vec<Override>> {
             managed,
         });
     }
-    Ok(out)
+    Ok((version, out))
 }
 
 /// Persist overrides (atomically: a new file renamed over the old one).
-fn write_overrides(path: &std::path::Path, overrides: &[Override]) -> anyhow::Result<()> {
+fn write_overrides(
+    path: &std::path::Path,
+    version: u64,
+    overrides: &[Override],
+) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut text =
-        String::from("# operator overrides of [[cluster.resource]] (twinsan ha resource)\n");
+    let mut text = format!(
+        "# operator overrides of [[cluster.resource]] (twinsan ha resource), shared with the peer\nversion {version}\n"
+    );
     for o in overrides {
         text.push_str(&o.name);
         if let Some(r) = o.target_role {
@@ -1196,7 +1290,11 @@ mod tests {
     fn overrides_persist_and_corrupt_files_are_named() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(OVERRIDES_FILE);
-        assert!(read_overrides(&p).unwrap().is_empty(), "no file: none");
+        assert_eq!(
+            read_overrides(&p).unwrap(),
+            (0, Vec::new()),
+            "no file: none"
+        );
         let o = vec![
             Override {
                 name: "fs".into(),
@@ -1209,8 +1307,8 @@ mod tests {
                 managed: Some(false),
             },
         ];
-        write_overrides(&p, &o).unwrap();
-        assert_eq!(read_overrides(&p).unwrap(), o);
+        write_overrides(&p, 7, &o).unwrap();
+        assert_eq!(read_overrides(&p).unwrap(), (7, o));
         std::fs::write(&p, "fs target-role=sideways\n").unwrap();
         let e = read_overrides(&p).unwrap_err().to_string();
         assert!(e.contains(":1:") && e.contains("corrupt"), "{e}");

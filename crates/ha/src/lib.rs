@@ -5,7 +5,9 @@
 //! ([`membership`]), the two-node quorum decision with wait-for-all, `no-quorum-policy`
 //! and the witness client ([`quorum`]), the witness itself ([`witness`]), and
 //! [`node::HaNode`], which runs membership and quorum together for one node, and the
-//! manager's decisions ([`manager`]: which head runs the service, fencing first).
+//! manager's decisions ([`manager`]: which head runs the service, fencing first), the
+//! policy of external resources ([`policy`]) and the datagrams the heads exchange
+//! besides heartbeats ([`clients`], [`outdate`], [`overrides`]).
 //!
 //! May not touch: sockets, clocks, threads, randomness, files, resources. The drivers
 //! (UDP sockets, timers, persisting the boot counter) and the HA manager (fencing,
@@ -18,6 +20,7 @@ pub mod manager;
 pub mod membership;
 pub mod node;
 pub mod outdate;
+pub mod overrides;
 pub mod policy;
 pub mod quorum;
 pub mod wire;

@@ -91,6 +91,58 @@ pub struct ManagerConfig {
     pub no_quorum_policy: NoQuorumPolicy,
     /// Interval of resource monitors while active (0 = none).
     pub monitor_interval_ms: u64,
+    /// What a monitor failure of the service's own resources does.
+    pub on_fail: ServiceOnFail,
+}
+
+/// What a monitor failure of the service's own resources (volumes, targets, portal
+/// IPs) does; every failure counts towards the migration threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceOnFail {
+    /// Stop and start again here (the service moves once the migration threshold is
+    /// reached).
+    #[default]
+    Restart,
+    /// Demote here at once; the peer promotes (until `cleanup`).
+    Demote,
+    /// This head goes to standby.
+    Standby,
+    /// This head leaves at once without stopping anything; the peer fences it and takes
+    /// over.
+    Fence,
+    /// Keep the service as it is and do nothing more until `cleanup` (the peer does
+    /// not take over: the state here is unknown).
+    Block,
+    /// Count and report only.
+    Ignore,
+}
+
+impl ServiceOnFail {
+    /// Configuration spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServiceOnFail::Restart => "restart",
+            ServiceOnFail::Demote => "demote",
+            ServiceOnFail::Standby => "standby",
+            ServiceOnFail::Fence => "fence",
+            ServiceOnFail::Block => "block",
+            ServiceOnFail::Ignore => "ignore",
+        }
+    }
+
+    /// Parse the configuration spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ServiceOnFail::Restart,
+            ServiceOnFail::Demote,
+            ServiceOnFail::Standby,
+            ServiceOnFail::Fence,
+            ServiceOnFail::Block,
+            ServiceOnFail::Ignore,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
 }
 
 impl ManagerConfig {
@@ -110,6 +162,7 @@ impl ManagerConfig {
             fence_with_witness: false,
             no_quorum_policy: NoQuorumPolicy::Stop,
             monitor_interval_ms: 2000,
+            on_fail: ServiceOnFail::Restart,
         }
     }
 }
@@ -317,6 +370,10 @@ pub struct Manager {
     moved: Option<bool>,
     failures_ms: Vec<u64>,
     banned: Option<String>,
+    /// on-fail=demote happened here (until cleanup).
+    demoted: bool,
+    /// Why the state is Blocked.
+    blocked_why: Option<String>,
     can_run: bool,
     peer_alive: bool,
     peer_summary: Option<u32>,
@@ -351,6 +408,8 @@ impl Manager {
             moved: None,
             failures_ms: Vec::new(),
             banned: None,
+            demoted: false,
+            blocked_why: None,
             can_run: false,
             peer_alive: false,
             peer_summary: None,
@@ -459,8 +518,28 @@ impl Manager {
             Input::OpDone { op, ok, message } => self.op_done(op, ok, message),
             Input::MonitorFailed { resource, message } => {
                 if self.state == ServiceState::Active {
-                    self.failure(format!("monitor of {resource} failed: {message}"));
-                    self.restart_pending = true;
+                    let what = format!("monitor of {resource} failed: {message}");
+                    self.failure(format!("{what} (on-fail {})", self.cfg.on_fail.as_str()));
+                    match self.cfg.on_fail {
+                        ServiceOnFail::Restart => self.restart_pending = true,
+                        ServiceOnFail::Demote => self.demoted = true,
+                        ServiceOnFail::Standby => {
+                            self.standby = true;
+                            self.event("on-fail=standby: this head goes to standby".into());
+                        }
+                        ServiceOnFail::Fence => {
+                            self.event(
+                                "on-fail=fence: leaving at once; the peer fences this head".into(),
+                            );
+                            self.actions.push_back(Action::Suicide);
+                        }
+                        ServiceOnFail::Block => {
+                            self.state = ServiceState::Blocked;
+                            self.blocked_why = Some(what);
+                            self.next_monitor_ms = None;
+                        }
+                        ServiceOnFail::Ignore => {}
+                    }
                 }
             }
         }
@@ -491,6 +570,8 @@ impl Manager {
             }
             AdminCmd::Cleanup => {
                 self.failures_ms.clear();
+                self.demoted = false;
+                self.blocked_why = None;
                 self.fence_failed = false;
                 self.fence_not_before_ms = 0;
                 if self.state == ServiceState::Blocked {
@@ -539,6 +620,7 @@ impl Manager {
                     self.event("service stopped here".into());
                 } else {
                     self.state = ServiceState::Blocked;
+                    self.blocked_why = Some(format!("a stop failed: {message}"));
                     self.event(format!(
                         "stop FAILED: {message}; blocked until `twinsan ha cleanup`"
                     ));
@@ -576,6 +658,7 @@ impl Manager {
         self.cfg.migration_threshold > 0
             && self.failures_ms.len() as u32 >= self.cfg.migration_threshold
             || self.banned.is_some()
+            || self.demoted
     }
 
     /// The service may run here (ignoring the peer).
@@ -607,7 +690,10 @@ impl Manager {
         match self.state {
             ServiceState::Starting { .. } | ServiceState::Stopping | ServiceState::Fencing => {}
             ServiceState::Blocked => {
-                self.waiting = Some("blocked: a stop failed; run `twinsan ha cleanup`".into());
+                self.waiting = Some(format!(
+                    "blocked: {}; run `twinsan ha cleanup`",
+                    self.blocked_why.as_deref().unwrap_or("state unknown")
+                ));
             }
             ServiceState::Active => self.step_active(q, quorate),
             ServiceState::Passive => self.step_passive(q, quorate),
@@ -644,6 +730,8 @@ impl Manager {
                 "standby"
             } else if let Some(b) = &self.banned {
                 b.as_str()
+            } else if self.demoted {
+                "a monitor failed (on-fail=demote)"
             } else if self.failed_here() {
                 "migration threshold reached"
             } else {

@@ -728,6 +728,31 @@ impl Policy {
         Ok(())
     }
 
+    /// Replace every override with `set` (the peer's newer set): resources it does not
+    /// name lose theirs. Returns the names this head does not know.
+    pub fn replace_overrides(&mut self, set: &[Override]) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for i in 0..self.defs.len() {
+            let o = set
+                .iter()
+                .find(|o| o.name == self.defs[i].name)
+                .cloned()
+                .unwrap_or(Override {
+                    name: self.defs[i].name.clone(),
+                    target_role: None,
+                    managed: None,
+                });
+            let _ = self.set_override(&o);
+        }
+        for o in set {
+            if self.index(&o.name).is_err() {
+                unknown.push(o.name.clone());
+            }
+        }
+        self.step();
+        unknown
+    }
+
     /// Operator overrides, to persist (and to share with the peer).
     pub fn overrides(&self) -> Vec<Override> {
         self.defs

@@ -456,3 +456,77 @@ fn a_resource_banned_here_moves_the_service_and_the_peer_takes_it() {
     assert!(ops(&mut a).is_empty());
     assert_ne!(a.summary() & SUMMARY_CAN_RUN, 0);
 }
+
+#[test]
+fn service_on_fail_policies() {
+    let fail = Input::MonitorFailed {
+        resource: "portal IP".into(),
+        message: "address missing".into(),
+    };
+    let with = |on_fail| {
+        let mut c = ManagerConfig::new(1, 2);
+        c.fencing_configured = true;
+        c.monitor_interval_ms = 0;
+        c.on_fail = on_fail;
+        let mut m = Manager::new(c);
+        m.handle(0, Input::CanRun(true));
+        m.assume_active(0);
+        m.handle(10, cluster(true, visible(), PEER_PASSIVE));
+        drain(&mut m);
+        m
+    };
+    // demote: stop here at the first failure, the peer promotes; cleanup clears.
+    let mut a = with(ServiceOnFail::Demote);
+    a.handle(20, fail.clone());
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+    a.handle(
+        30,
+        Input::OpDone {
+            op: Op::Stop,
+            ok: true,
+            message: String::new(),
+        },
+    );
+    assert!(ops(&mut a).is_empty(), "not restarted here");
+    assert!(a.status().failed_here);
+    assert!(a.status().waiting.unwrap().contains("cleanup"));
+    let mut b = node(2, 1, true);
+    b.handle(40, cluster(true, visible(), a.summary()));
+    assert_eq!(ops(&mut b), vec![Action::Start { takeover: false }]);
+    a.handle(50, Input::Admin(AdminCmd::Cleanup));
+    assert!(!a.status().failed_here);
+
+    // standby.
+    let mut a = with(ServiceOnFail::Standby);
+    a.handle(20, fail.clone());
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+    assert!(a.status().standby);
+
+    // fence: leave at once.
+    let mut a = with(ServiceOnFail::Fence);
+    a.handle(20, fail.clone());
+    assert_eq!(ops(&mut a), vec![Action::Suicide]);
+
+    // block: nothing more, the peer does not take over, cleanup stops.
+    let mut a = with(ServiceOnFail::Block);
+    a.handle(20, fail.clone());
+    assert!(ops(&mut a).is_empty());
+    assert_eq!(a.state(), ServiceState::Blocked);
+    assert!(a.status().waiting.unwrap().contains("address missing"));
+    assert_ne!(
+        a.summary() & SUMMARY_ACTIVE,
+        0,
+        "the peer must not take over"
+    );
+    a.handle(30, Input::Admin(AdminCmd::Cleanup));
+    assert_eq!(ops(&mut a), vec![Action::Stop]);
+
+    // ignore: counted only.
+    let mut a = with(ServiceOnFail::Ignore);
+    a.handle(20, fail);
+    assert!(ops(&mut a).is_empty());
+    assert_eq!(a.state(), ServiceState::Active);
+    assert_eq!(a.status().failcount, 1);
+    assert_eq!(ServiceOnFail::parse("demote"), Some(ServiceOnFail::Demote));
+    assert_eq!(ServiceOnFail::parse("explode"), None);
+}
