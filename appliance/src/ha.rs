@@ -64,6 +64,11 @@ pub struct ClusterSection {
     /// Location score of the peer head.
     #[serde(default)]
     pub peer_location_score: i32,
+    /// The service moves back to a head whose location score exceeds the running
+    /// head's by more than this (automatic failback, as a planned move): an integer or
+    /// "INFINITY" (the default: never).
+    #[serde(default)]
+    pub resource_stickiness: Option<ScoreSpec>,
     /// Failures on a head before the service moves away (0 = never).
     #[serde(default = "default_migration_threshold")]
     pub migration_threshold: u32,
@@ -381,6 +386,11 @@ impl ClusterSection {
         c.no_quorum_policy = self.policy();
         c.monitor_interval_ms = self.monitor_interval_ms;
         c.on_fail = ServiceOnFail::parse(&self.on_fail).unwrap_or_default();
+        c.resource_stickiness = self
+            .resource_stickiness
+            .as_ref()
+            .and_then(|s| s.score().ok())
+            .map_or(twinsan_ha::policy::INFINITY, Score::value);
         if let Some(f) = &self.fence {
             c.fence_retry_interval_ms = f.retry_interval_ms.max(100);
         }
@@ -418,6 +428,14 @@ pub fn validate(c: &ClusterSection, p: &mut impl FnMut(String, String)) {
                 c.no_quorum_policy
             ),
         );
+    }
+    match c.resource_stickiness.as_ref().map(ScoreSpec::score) {
+        Some(Err(e)) => p("cluster.resource_stickiness".into(), e.to_string()),
+        Some(Ok(s)) if s.value() < 0 => p(
+            "cluster.resource_stickiness".into(),
+            "must not be negative".into(),
+        ),
+        _ => {}
     }
     if ServiceOnFail::parse(&c.on_fail).is_none() {
         p(
@@ -645,6 +663,16 @@ interface = "eth0"
                 "name = \"c1\"",
                 "name = \"c1\"\non_fail = \"stop\"",
                 "cluster.on_fail",
+            ),
+            (
+                "name = \"c1\"",
+                "name = \"c1\"\nresource_stickiness = \"sticky\"",
+                "cluster.resource_stickiness",
+            ),
+            (
+                "name = \"c1\"",
+                "name = \"c1\"\nresource_stickiness = -5",
+                "cluster.resource_stickiness",
             ),
         ];
         for (from, to, key) in cases {

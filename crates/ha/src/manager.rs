@@ -93,6 +93,10 @@ pub struct ManagerConfig {
     pub monitor_interval_ms: u64,
     /// What a monitor failure of the service's own resources does.
     pub on_fail: ServiceOnFail,
+    /// How much the service prefers to stay where it runs: it moves back to a head
+    /// whose location score exceeds the running head's by more than this (automatic
+    /// failback). [`crate::policy::INFINITY`] (the default) never moves it back.
+    pub resource_stickiness: i64,
 }
 
 /// What a monitor failure of the service's own resources (volumes, targets, portal
@@ -163,6 +167,7 @@ impl ManagerConfig {
             no_quorum_policy: NoQuorumPolicy::Stop,
             monitor_interval_ms: 2000,
             on_fail: ServiceOnFail::Restart,
+            resource_stickiness: crate::policy::INFINITY,
         }
     }
 }
@@ -763,6 +768,15 @@ impl Manager {
             self.stop();
             return;
         }
+        if self.failback_due() {
+            self.event(format!(
+                "failback: the peer's location score {} exceeds this head's {} by more than \
+                 the resource stickiness {}; moving the service there",
+                self.cfg.peer_location_score, self.cfg.location_score, self.cfg.resource_stickiness
+            ));
+            self.stop();
+            return;
+        }
         if self.restart_pending {
             self.restart_pending = false;
             self.event("restarting the service after a monitor failure".into());
@@ -778,6 +792,19 @@ impl Manager {
                 self.next_monitor_ms = self.monitor_after(self.now_ms);
             }
         }
+    }
+
+    /// Automatic failback: the peer may run the service and prefers it by more than
+    /// the stickiness (never with the default, INFINITY).
+    fn failback_due(&self) -> bool {
+        let peer = self.peer_bits();
+        let margin = i64::from(self.cfg.peer_location_score) - i64::from(self.cfg.location_score);
+        self.cfg.resource_stickiness < crate::policy::INFINITY
+            && self.peer_alive
+            && self.moved != Some(true)
+            && peer & SUMMARY_CAN_RUN != 0
+            && peer & (SUMMARY_STANDBY | SUMMARY_MOVE_AWAY | SUMMARY_MAINTENANCE) == 0
+            && margin > self.cfg.resource_stickiness
     }
 
     fn peer_bits_moving(&self) -> bool {

@@ -530,3 +530,45 @@ fn service_on_fail_policies() {
     assert_eq!(ServiceOnFail::parse("demote"), Some(ServiceOnFail::Demote));
     assert_eq!(ServiceOnFail::parse("explode"), None);
 }
+
+#[test]
+fn failback_follows_location_scores_beyond_the_stickiness() {
+    let mk = |id: u8, peer: u8, mine: i32, theirs: i32, stickiness: i64| {
+        let mut c = ManagerConfig::new(id, peer);
+        c.fencing_configured = true;
+        c.monitor_interval_ms = 0;
+        c.location_score = mine;
+        c.peer_location_score = theirs;
+        c.resource_stickiness = stickiness;
+        let mut m = Manager::new(c);
+        m.handle(0, Input::CanRun(true));
+        m.assume_active(0);
+        drain(&mut m);
+        m
+    };
+    // Default stickiness (INFINITY): the service stays where it runs.
+    let mut b = mk(2, 1, 0, 100, crate::policy::INFINITY);
+    b.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert!(ops(&mut b).is_empty());
+    // Stickiness 50 < margin 100: head b hands the service back.
+    let mut b = mk(2, 1, 0, 100, 50);
+    b.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert_eq!(ops(&mut b), vec![Action::Stop]);
+    // Not while the preferred head cannot run it (e.g. still resyncing) or is in standby.
+    let mut b = mk(2, 1, 0, 100, 50);
+    b.handle(10, cluster(true, visible(), 0));
+    b.handle(
+        20,
+        cluster(true, visible(), SUMMARY_CAN_RUN | SUMMARY_STANDBY),
+    );
+    assert!(ops(&mut b).is_empty());
+    // Stickiness 150 > margin 100: stays.
+    let mut b = mk(2, 1, 0, 100, 150);
+    b.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert!(ops(&mut b).is_empty());
+    // An operator move here beats the scores.
+    let mut b = mk(2, 1, 0, 100, 50);
+    b.handle(5, Input::Admin(AdminCmd::Move { here: true }));
+    b.handle(10, cluster(true, visible(), PEER_PASSIVE));
+    assert!(ops(&mut b).is_empty());
+}
