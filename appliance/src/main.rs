@@ -944,81 +944,63 @@ fn witness(
     })
 }
 
-/// `twinsan ha ...`. Exit 0 on success, 1 when refused, 2 when unreachable.
+/// `twinsan ha ...`. Exit 0 on success, 1 when refused, 2 when unreachable (the
+/// `fence-peer` handler exits with its answer's code, 1 when unreachable).
 fn ha_command(cmd: HaCommand, control: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     use control::{HaVerb, Request};
-    if let HaCommand::FencePeer = cmd {
-        let path = match resolve_control(&NodeArg { control, config }) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("twinsan: error: {e:#}");
-                return ExitCode::from(1);
-            }
-        };
-        return match control::request(&path, &Request::HaResolvePeer) {
-            Ok(Ok(lines)) => {
-                let line = lines.first().cloned().unwrap_or_default();
-                let (code, why) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-                eprintln!("twinsan ha fence-peer: {why}");
-                ExitCode::from(code.parse::<u8>().unwrap_or(1))
-            }
-            Ok(Err(e)) => {
-                eprintln!("twinsan ha fence-peer: {e}");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                eprintln!("twinsan ha fence-peer: {e:#}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if let HaCommand::Resource { name, action } = &cmd {
-        let Some(verb) = control::ResourceVerb::parse(action) else {
-            eprintln!(
-                "twinsan: ha resource: {action:?}: expected start, stop, manage, unmanage or cleanup"
-            );
-            return ExitCode::from(1);
-        };
-        let path = match resolve_control(&NodeArg { control, config }) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("twinsan: error: {e:#}");
-                return ExitCode::from(2);
-            }
-        };
-        return run_request(
-            &path,
-            &Request::HaResource {
-                name: name.clone(),
-                verb,
-            },
-        );
-    }
-    let verb = match cmd {
-        HaCommand::FencePeer | HaCommand::Resource { .. } => unreachable!("answered above"),
-        HaCommand::Move { away: false } => HaVerb::Move,
-        HaCommand::Move { away: true } => HaVerb::MoveAway,
-        HaCommand::Unmove => HaVerb::Unmove,
-        HaCommand::Standby => HaVerb::Standby,
-        HaCommand::Online => HaVerb::Online,
-        HaCommand::Cleanup => HaVerb::Cleanup,
-        HaCommand::Maintenance { state } => match state.as_str() {
-            "on" => HaVerb::Maintenance(true),
-            "off" => HaVerb::Maintenance(false),
-            other => {
-                eprintln!("twinsan: ha maintenance: {other:?}: expected on or off");
-                return ExitCode::from(1);
+    let refuse = |what: String| {
+        eprintln!("twinsan: {what}");
+        ExitCode::from(1)
+    };
+    let request = match cmd {
+        HaCommand::FencePeer => Request::HaResolvePeer,
+        HaCommand::Resource { name, action } => match control::ResourceVerb::parse(&action) {
+            Some(verb) => Request::HaResource { name, verb },
+            None => {
+                return refuse(format!(
+                    "ha resource: {action:?}: expected start, stop, manage, unmanage or cleanup"
+                ))
             }
         },
+        HaCommand::Move { away: false } => Request::Ha(HaVerb::Move),
+        HaCommand::Move { away: true } => Request::Ha(HaVerb::MoveAway),
+        HaCommand::Unmove => Request::Ha(HaVerb::Unmove),
+        HaCommand::Standby => Request::Ha(HaVerb::Standby),
+        HaCommand::Online => Request::Ha(HaVerb::Online),
+        HaCommand::Cleanup => Request::Ha(HaVerb::Cleanup),
+        HaCommand::Maintenance { state } => match state.as_str() {
+            "on" => Request::Ha(HaVerb::Maintenance(true)),
+            "off" => Request::Ha(HaVerb::Maintenance(false)),
+            other => return refuse(format!("ha maintenance: {other:?}: expected on or off")),
+        },
     };
+    let fence_peer = request == Request::HaResolvePeer;
     let path = match resolve_control(&NodeArg { control, config }) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("twinsan: error: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(if fence_peer { 1 } else { 2 });
         }
     };
-    run_request(&path, &Request::Ha(verb))
+    if !fence_peer {
+        return run_request(&path, &request);
+    }
+    match control::request(&path, &request) {
+        Ok(Ok(lines)) => {
+            let line = lines.first().cloned().unwrap_or_default();
+            let (code, why) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            eprintln!("twinsan ha fence-peer: {why}");
+            ExitCode::from(code.parse::<u8>().unwrap_or(1))
+        }
+        Ok(Err(e)) => {
+            eprintln!("twinsan ha fence-peer: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("twinsan ha fence-peer: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `twinsan status`: one JSON object or text, from the head's control socket.

@@ -792,7 +792,11 @@ impl Owner {
             service_on_peer: peer & manager::SUMMARY_ACTIVE != 0
                 && peer & manager::SUMMARY_MOVE_AWAY == 0,
             online: !m.standby && quorate,
-            maintenance: m.maintenance || peer & manager::SUMMARY_MAINTENANCE != 0,
+            // A blocked service (its state unknown) freezes the resources too, until
+            // `ha cleanup`.
+            maintenance: m.maintenance
+                || peer & manager::SUMMARY_MAINTENANCE != 0
+                || m.state == manager::ServiceState::Blocked,
         };
         self.policy.handle(now, policy::Input::Context(ctx));
         let mut any = false;

@@ -577,6 +577,9 @@ pub struct ResourceStatus {
     pub last_error: Option<String>,
     /// on-fail.
     pub on_fail: OnFail,
+    /// The policy cannot stop it (unmanaged, blocked, or a resource ordered after it
+    /// is).
+    pub stuck: bool,
 }
 
 /// The resource policy of one head.
@@ -850,21 +853,29 @@ impl Policy {
     /// No `with-service` resource is running or busy here (unmanaged and blocked ones
     /// aside): the service's own stop sequence may go on.
     pub fn with_service_quiet(&self) -> bool {
-        (0..self.defs.len()).all(|i| {
-            self.defs[i].placement != Placement::WithService
-                || !self.managed(i)
-                || self.st[i].blocked.is_some()
-                || !self.st[i].phase.active()
-        })
+        self.in_flight
+            .is_none_or(|i| self.defs[i].placement != Placement::WithService)
+            && (0..self.defs.len()).all(|i| {
+                self.defs[i].placement != Placement::WithService
+                    || !self.st[i].phase.active()
+                    || self.stuck(i)
+            })
+    }
+
+    /// The policy cannot stop this resource: it is unmanaged or blocked, or something
+    /// ordered after it that may still run is stuck.
+    pub fn stuck(&self, i: usize) -> bool {
+        !self.managed(i)
+            || self.st[i].blocked.is_some()
+            || (0..self.defs.len())
+                .any(|k| self.deps[k].contains(&i) && self.st[k].phase.active() && self.stuck(k))
     }
 
     /// Nothing runs or is busy here (blocked and unmanaged resources aside): a
     /// leaving head may go.
     pub fn quiet(&self) -> bool {
         self.in_flight.is_none()
-            && (0..self.defs.len()).all(|i| {
-                !self.managed(i) || self.st[i].blocked.is_some() || !self.st[i].phase.active()
-            })
+            && (0..self.defs.len()).all(|i| !self.st[i].phase.active() || self.stuck(i))
     }
 
     /// Every managed resource's state is known (probes answered).
@@ -1067,10 +1078,10 @@ impl Policy {
             if !must_stop {
                 continue;
             }
-            // Everything ordered after it stops first.
-            let dependents_up = (0..self.defs.len()).any(|k| {
-                self.deps[k].contains(&i) && operable(self, k) && self.st[k].phase.active()
-            });
+            // Everything ordered after it stops first — also what the policy may not
+            // stop (blocked or unmanaged, and maybe running): then it stays.
+            let dependents_up = (0..self.defs.len())
+                .any(|k| self.deps[k].contains(&i) && self.st[k].phase.active());
             if dependents_up {
                 continue;
             }
@@ -1149,6 +1160,7 @@ impl Policy {
                     stopped_by_failure: s.stopped_by_failure,
                     last_error: s.last_error.clone(),
                     on_fail: d.on_fail,
+                    stuck: self.stuck(i),
                 }
             })
             .collect()

@@ -618,3 +618,141 @@ fn banned_by_location_and_service_scores() {
     assert_eq!(here, Score::MINUS_INFINITY);
     assert_eq!(peer.value(), 50, "optional members do not count");
 }
+
+/// One step of a random run.
+#[derive(Debug, Clone)]
+enum Step {
+    Ctx(bool, bool, bool, bool),
+    Break(usize),
+    FailStarts(usize, bool),
+    FailStops(usize, bool),
+    Admin(u8, usize),
+    Wait(u64),
+}
+
+fn step_strategy() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::bool::weighted(0.1)
+        )
+            .prop_map(|(a, b, c, d)| Step::Ctx(a, b, c, d)),
+        (0..5usize).prop_map(Step::Break),
+        (0..5usize, proptest::bool::weighted(0.3)).prop_map(|(i, f)| Step::FailStarts(i, f)),
+        (0..5usize, proptest::bool::weighted(0.2)).prop_map(|(i, f)| Step::FailStops(i, f)),
+        (0..5u8, 0..5usize).prop_map(|(c, i)| Step::Admin(c, i)),
+        (0..5000u64).prop_map(Step::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Whatever happens (context changes, monitor failures, failing starts and stops,
+    /// operator commands, time), the policy never starts a resource before what it is
+    /// ordered after runs, never stops one while a managed resource ordered after it
+    /// still runs, and once the service leaves and nothing fails any more, every
+    /// with-service resource is down (or blocked) — so the service's stop can go on.
+    #[test]
+    fn random_runs_keep_order_and_let_the_service_stop(
+        steps in proptest::collection::vec(step_strategy(), 1..60)
+    ) {
+        let names = ["base", "fs", "app", "side", "backup"];
+        let mut base = of(Placement::Clone, "base");
+        base.monitor_interval_ms = 700;
+        let mut fs = with_service("fs", &["base"]);
+        fs.migration_threshold = 2;
+        let app = with_service("app", &["fs"]);
+        let mut side = with_service("side", &[]);
+        side.required = false;
+        side.on_fail = OnFail::Stop;
+        let backup = of(Placement::AwayFromService, "backup");
+        let defs = [base, fs, app, side, backup];
+        let deps: Vec<Vec<&str>> = defs
+            .iter()
+            .map(|d| d.after.iter().map(String::as_str).collect())
+            .collect();
+        let mut h = H::new(&defs);
+        let check = |h: &H, before: usize| {
+            // Replay the operations issued since `before` against the truth.
+            let _ = before;
+            for (i, n) in names.iter().enumerate() {
+                let up = h.is_up(n);
+                if up {
+                    for d in &deps[i] {
+                        assert!(
+                            h.is_up(d) || !h.status(d).managed,
+                            "{n} runs while {d} does not: ops {:?}",
+                            h.ops
+                        );
+                    }
+                }
+            }
+        };
+        for s in steps {
+            let before = h.ops.len();
+            match s {
+                Step::Ctx(a, b, c, d) => h.input(Input::Context(Context {
+                    service_here: a,
+                    service_on_peer: b && !a,
+                    online: c,
+                    maintenance: d,
+                })),
+                Step::Break(i) => {
+                    h.broken.insert(names[i].into());
+                }
+                Step::FailStarts(i, f) => {
+                    if f {
+                        h.fail_start.insert(names[i].into());
+                    } else {
+                        h.fail_start.remove(names[i]);
+                    }
+                }
+                Step::FailStops(i, f) => {
+                    if f {
+                        h.fail_stop.insert(names[i].into());
+                    } else {
+                        h.fail_stop.remove(names[i]);
+                    }
+                }
+                Step::Admin(c, i) => {
+                    let n = names[i].to_string();
+                    let cmd = match c {
+                        0 => ResourceCmd::Start(n),
+                        1 => ResourceCmd::Stop(n),
+                        2 => ResourceCmd::Manage(n),
+                        3 => ResourceCmd::Unmanage(n),
+                        _ => ResourceCmd::Cleanup(Some(n)),
+                    };
+                    h.p.admin(h.now, cmd).expect("known resource");
+                    h.drain();
+                }
+                Step::Wait(ms) => h.advance(ms),
+            }
+            check(&h, before);
+        }
+        // The service leaves; failures stop; everything is managed again.
+        h.fail_start.clear();
+        h.fail_stop.clear();
+        h.broken.clear();
+        for n in names {
+            h.p.admin(h.now, ResourceCmd::Manage(n.into())).expect("known");
+        }
+        h.drain();
+        h.ctx(false, true, true);
+        h.advance(5000);
+        check(&h, 0);
+        assert!(
+            h.p.with_service_quiet(),
+            "with-service resources still up: {:?}",
+            h.p.status()
+        );
+        for n in ["fs", "app", "side"] {
+            let st = h.status(n);
+            assert!(!h.is_up(n) || st.stuck, "{n} still runs: {st:?}");
+        }
+    }
+}
