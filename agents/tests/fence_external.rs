@@ -2,6 +2,9 @@
 //! the stdin protocol, exit-code semantics, retries, secret files and redaction, and the
 //! timeout with its process-group kill.
 
+mod common;
+use common::script;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,28 +12,6 @@ use std::time::{Duration, Instant};
 use twinsan_agents::fence::{FenceAction, FenceAgent, FenceError, Fencer, PowerState};
 
 const SECRET: &str = "Zq8-very-secret-pw";
-
-/// Write an executable shell script and wait until it can be executed (a concurrent
-/// fork in another test thread may briefly hold the write descriptor: ETXTBSY).
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    let text = format!("#!/bin/sh\n[ -n \"$TW_PROBE\" ] && exit 0\n{body}");
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for _ in 0..200 {
-        match std::process::Command::new(&path)
-            .env("TW_PROBE", "1")
-            .status()
-        {
-            Ok(_) => return path,
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("probe {}: {e}", path.display()),
-        }
-    }
-    panic!("{} stays busy", path.display());
-}
 
 fn secret_file(dir: &Path, mode: u32) -> PathBuf {
     let p = dir.join(format!("pw-{mode:o}"));

@@ -1,8 +1,10 @@
 //! External OCF agents: a fake agent written into a tempdir that records its argv and
 //! OCF environment, keeps state in a file, prints meta-data XML and exits per action.
 
+mod common;
+use common::script;
+
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,29 +36,6 @@ const META: &str = r#"<?xml version="1.0"?>
 </actions>
 </resource-agent>
 "#;
-
-/// Write an executable script and wait until it can be executed (ETXTBSY from a
-/// concurrent fork in another test thread).
-fn script(dir: &Path, rel: &str, body: &str) -> PathBuf {
-    let path = dir.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let text = format!("#!/bin/sh\n[ -n \"$TW_PROBE\" ] && exit 0\n{body}");
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for _ in 0..200 {
-        match std::process::Command::new(&path)
-            .env("TW_PROBE", "1")
-            .status()
-        {
-            Ok(_) => return path,
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("probe {}: {e}", path.display()),
-        }
-    }
-    panic!("{} stays busy", path.display());
-}
 
 /// The fake agent under `root/resource.d/test/Fake`.
 fn fake_agent(root: &Path) -> PathBuf {

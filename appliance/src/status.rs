@@ -272,3 +272,46 @@ pub fn text(v: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_are_listed_with_what_keeps_them_from_running() {
+        let v = serde_json::json!({
+            "ha": {
+                "service": "active",
+                "banned": null,
+                "resources": [
+                    {"name": "fs", "placement": "with-service", "state": "running",
+                     "managed": true, "target_role": "started", "blocked": null,
+                     "stopped_by_failure": false, "banned_here": false, "failcount": 0,
+                     "last_error": null},
+                    {"name": "app", "placement": "with-service", "state": "failed",
+                     "managed": true, "target_role": "started",
+                     "blocked": "stop failed: exit 1", "stopped_by_failure": false,
+                     "banned_here": true, "failcount": 2, "last_error": "stop: exit 1"},
+                    {"name": "backup", "placement": "away-from-service", "state": "stopped",
+                     "managed": false, "target_role": "stopped", "blocked": null,
+                     "stopped_by_failure": false, "banned_here": false, "failcount": 0,
+                     "last_error": null}
+                ]
+            }
+        });
+        let t = text(&v);
+        assert!(t.contains("  resource fs (with-service): running\n"), "{t}");
+        assert!(
+            t.contains(
+                "  resource app (with-service): failed, BLOCKED: stop failed: exit 1, banned here, failcount 2, last error: stop: exit 1\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "  resource backup (away-from-service): stopped, UNMANAGED, target-role stopped\n"
+            ),
+            "{t}"
+        );
+    }
+}
