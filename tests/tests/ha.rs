@@ -28,6 +28,22 @@ const REJOIN: Duration = Duration::from_secs(30);
 /// Bound of a wait for the writer's progress.
 const PROGRESS: Duration = Duration::from_secs(30);
 
+/// A scenario's start: one test at a time (the guard), the demo up with head a active.
+/// `None`: skipped (not root).
+struct Run {
+    _g: MutexGuard<'static, ()>,
+    t0: Instant,
+    demo: Demo,
+}
+
+fn begin(opts: DemoOptions) -> Option<Run> {
+    let g = serial();
+    let t0 = Instant::now();
+    let demo = Demo::up(opts)?;
+    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
+    Some(Run { _g: g, t0, demo })
+}
+
 /// Start the writer and wait until it wrote a little (the portal works).
 fn start_writer(demo: &Demo) -> Writer {
     let w = Writer::start(demo.portal(), WriterOptions::default());
@@ -88,9 +104,7 @@ fn done(what: &str, t0: Instant) {
 /// and resyncs.
 #[test]
 fn sigkill_of_the_active_head() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
     let act = demo.active_head().expect("an active head after demo up");
@@ -130,9 +144,7 @@ fn sigkill_of_the_active_head() {
 /// head fences it (the process agent kills it) and takes over.
 #[test]
 fn sigstop_of_the_active_head() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
     let act = demo.active_head().expect("an active head after demo up");
@@ -179,15 +191,12 @@ fn sigstop_of_the_active_head() {
 /// stops the service, B takes over with the witness's vote; healed, A rejoins passive.
 #[test]
 fn partition_with_witness() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions {
         fence_with_witness: false,
         ..DemoOptions::default()
     }) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let w = start_writer(&demo);
     let t_part = Instant::now();
     demo.partition(&[("a0", "b0"), ("a1", "b1"), ("a0", "w0")]);
@@ -230,12 +239,9 @@ fn partition_with_witness() {
 /// stale data, and after the link heals it resyncs.
 #[test]
 fn replication_link_failure_outdates_the_peer() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let w = start_writer(&demo);
     wait_acks(&demo, &w, 20, "20 writes before the failure");
     let t_cut = Instant::now();
@@ -262,15 +268,12 @@ fn replication_link_failure_outdates_the_peer() {
 /// head A fences B at once (the passive side waits) and keeps serving.
 #[test]
 fn partition_without_witness() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions {
         witness: false,
         ..DemoOptions::default()
     }) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let w = start_writer(&demo);
     let t_part = Instant::now();
     demo.partition(&[("a0", "b0"), ("a1", "b1")]);
@@ -293,9 +296,7 @@ fn partition_without_witness() {
 /// heartbeat of its new boot arrived).
 #[test]
 fn revive_after_fencing_without_witness() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions {
         witness: false,
         ..DemoOptions::default()
     }) else {
@@ -324,12 +325,9 @@ fn revive_after_fencing_without_witness() {
 /// it still expected the generation the target had before the resync).
 #[test]
 fn planned_move_after_resync() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let repl = |h: &str, args: &[&str]| {
         let ctl = demo.control(h).display().to_string();
         let o = twinsan_e2e::ha::run_bounded(
@@ -379,12 +377,9 @@ fn planned_move_after_resync() {
 /// e. Planned move to B and back under write load: no write fails with MEDIUM ERROR.
 #[test]
 fn planned_move_and_back() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let w = start_writer(&demo);
     let t_move = Instant::now();
     demo.ha_ok("b", &["move"]);
@@ -420,12 +415,9 @@ fn planned_move_and_back() {
 /// f. Standby of the active head: the service moves to B; `online` leaves it on B.
 #[test]
 fn standby_and_online() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let w = start_writer(&demo);
     let t_sb = Instant::now();
     demo.ha_ok("a", &["standby"]);
@@ -461,12 +453,9 @@ fn standby_and_online() {
 /// `ha cleanup` resets the failcount.
 #[test]
 fn monitor_failures_move_the_service() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
     let w = start_writer(&demo);
     let t_first = Instant::now();
     let ns_a = demo.ns("a");
@@ -502,9 +491,7 @@ fn monitor_failures_move_the_service() {
 /// peer) and the portal does not answer; with A back, a head starts the service.
 #[test]
 fn wait_for_all_after_both_heads_die() {
-    let _g = serial();
-    let t0 = Instant::now();
-    let Some(demo) = Demo::up(DemoOptions::default()) else {
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions::default()) else {
         return;
     };
     let w = start_writer(&demo);
