@@ -609,23 +609,30 @@ pub fn banner(s: &DemoState) -> String {
         "  ip netns exec {c} qemu-img bench -w -t none -c 20000 -d 32 -s 4k --image-opts \
          driver=iscsi,transport=tcp,portal={vip},target={iqn},lun=0\n"
     );
+    // Ready to paste: the binary that built the demo, wherever it lives.
+    let tw = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "twinsan".into());
     out += "Fail over (the other head takes over, I/O resumes within ~2 s):\n";
     if let Some(h) = s.heads.first() {
         out += &format!(
-            "  kill -9 $(twinsan demo status --json --dir {} | jq '.heads[] | select(.service==\"active\") | .pid')   # or: kill -9 {}\n",
+            "  kill -9 $({tw} demo status --json --dir {} | jq '.heads[] | select(.service==\"active\") | .pid')   # or: kill -9 {}\n",
             s.dir.display(),
-            h.pid
+            h.pid,
         );
     }
     out += &format!(
-        "Status:  twinsan demo status --dir {d}     twinsan status --control {d}/a.sock\n",
-        d = s.dir.display()
-    );
-    out +=
-        &format!(
-        "Move:    twinsan ha move --control {d}/b.sock      Stop: twinsan demo down --dir {d}{n}\n",
+        "Status:  {tw} demo status --dir {d}\n         {tw} status --control {d}/a.sock\n",
         d = s.dir.display(),
-        n = if s.name == "twinsan" { String::new() } else { format!(" --name {}", s.name) }
+    );
+    out += &format!(
+        "Move:    {tw} ha move --control {d}/b.sock\nStop:    {tw} demo down --dir {d}{n}\n",
+        d = s.dir.display(),
+        n = if s.name == "twinsan" {
+            String::new()
+        } else {
+            format!(" --name {}", s.name)
+        }
     );
     out
 }
