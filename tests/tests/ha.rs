@@ -534,6 +534,67 @@ fn wait_for_all_after_both_heads_die() {
     done("wait-for-all", t0);
 }
 
+/// Fake OCF resources for a demo (agent [`FAKE_OCF`]): each entry is a name and extra
+/// TOML lines of its `[[cluster.resource]]`; its state file is `DIR/{head}-NAME`.
+struct FakeResources {
+    dir: tempfile::TempDir,
+}
+
+impl FakeResources {
+    fn new(entries: &[(&str, &str)]) -> FakeResources {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("twinsan-e2e-ocf-")
+            .tempdir_in("/dev/shm")
+            .expect("tempdir");
+        let agent = dir.path().join("fake-agent");
+        std::fs::write(&agent, FAKE_OCF).expect("write agent");
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut toml = String::new();
+        for (name, extra) in entries {
+            toml += &format!(
+                "[[cluster.resource]]\nname = \"{name}\"\nagent = \"{}\"\nmonitor_interval_ms = 500\n{extra}[cluster.resource.params]\nstate = \"{}/{{head}}-{name}\"\n\n",
+                agent.display(),
+                dir.path().display(),
+            );
+        }
+        std::fs::write(dir.path().join("resources.toml"), toml).expect("write resources");
+        FakeResources { dir }
+    }
+
+    /// The `--resources` file.
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.path().join("resources.toml")
+    }
+
+    /// Resource `r`'s state file on head `h` (present = running).
+    fn state(&self, h: &str, r: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{h}-{r}"))
+    }
+
+    /// The starts and stops resource `r` saw on head `h`.
+    fn ops(&self, h: &str, r: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join(format!("{h}-{r}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Resource `r` in head `h`'s status.
+fn rsc(s: &serde_json::Value, h: &str, r: &str) -> serde_json::Value {
+    head(s, h)["ha"]["resources"]
+        .as_array()
+        .and_then(|v| v.iter().find(|x| x["name"] == r).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Resource `r`'s state on head `h` ("" when unknown).
+fn rstate(s: &serde_json::Value, h: &str, r: &str) -> String {
+    rsc(s, h, r)["state"].as_str().unwrap_or("").to_string()
+}
+
 /// A test OCF agent: `OCF_RESKEY_state` is its "running" file; every start and stop
 /// appends a line to `$OCF_RESKEY_state.log`.
 const FAKE_OCF: &str = r#"#!/bin/sh
@@ -574,63 +635,20 @@ esac
 /// resource changes sides with it; `ha cleanup` forgets the failures.
 #[test]
 fn resource_policy_restarts_members_in_place_then_moves_the_service() {
-    let _g = serial();
-    let t0 = Instant::now();
-    if !twinsan_e2e::ha::is_root() {
-        // Demo::up prints the skip (or fails when root is required).
-        assert!(Demo::up(DemoOptions::default()).is_none());
-        return;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("twinsan-e2e-ocf-")
-        .tempdir_in("/dev/shm")
-        .expect("tempdir");
-    let w_dir = work.path();
-    let agent = w_dir.join("fake-agent");
-    std::fs::write(&agent, FAKE_OCF).expect("write agent");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let state = |head: &str, r: &str| w_dir.join(format!("{head}-{r}"));
-    let mut resources = String::new();
-    for (name, extra) in [
+    let fake = FakeResources::new(&[
         ("shared", "placement = \"clone\"\n"),
         ("fs", "after = [\"shared\"]\nmigration_threshold = 2\n"),
         ("app", "after = [\"fs\"]\n"),
         ("backup", "placement = \"away-from-service\"\n"),
-    ] {
-        resources += &format!(
-            "[[cluster.resource]]\nname = \"{name}\"\nagent = \"{}\"\nmonitor_interval_ms = 500\n{extra}[cluster.resource.params]\nstate = \"{}/{{head}}-{name}\"\n\n",
-            agent.display(),
-            w_dir.display(),
-        );
-    }
-    let res_file = w_dir.join("resources.toml");
-    std::fs::write(&res_file, &resources).expect("write resources");
-    let Some(demo) = Demo::up(DemoOptions {
-        resources: Some(res_file),
+    ]);
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions {
+        resources: Some(fake.file()),
         ..DemoOptions::default()
     }) else {
         return;
     };
-    assert_eq!(demo.active_head().as_deref(), Some("a"), "head a starts");
-    let rsc = |s: &serde_json::Value, h: &str, r: &str| -> serde_json::Value {
-        head(s, h)["ha"]["resources"]
-            .as_array()
-            .and_then(|v| v.iter().find(|x| x["name"] == r).cloned())
-            .unwrap_or(serde_json::Value::Null)
-    };
-    let rstate = |s: &serde_json::Value, h: &str, r: &str| -> String {
-        rsc(s, h, r)["state"].as_str().unwrap_or("").to_string()
-    };
-    let ops = |h: &str, r: &str| -> Vec<String> {
-        std::fs::read_to_string(w_dir.join(format!("{h}-{r}.log")))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let state = |h: &str, r: &str| fake.state(h, r);
+    let ops = |h: &str, r: &str| fake.ops(h, r);
     let placed = |s: &serde_json::Value, a: bool, b: bool| {
         let on = |h: &str, r: &str| rstate(s, h, r) == "running" && state(h, r).exists();
         let off = |h: &str, r: &str| rstate(s, h, r) == "stopped" && !state(h, r).exists();
@@ -752,4 +770,43 @@ fn resource_policy_restarts_members_in_place_then_moves_the_service() {
     finish(&demo, w, t_first, 70, "resources");
     drop(demo);
     done("resources", t0);
+}
+
+/// A resource with `on_fail = "fence"` fails on the active head: the head leaves at
+/// once (no orderly stop), the other head fences it and takes over with the resource;
+/// no acknowledged write is lost.
+#[test]
+fn resource_on_fail_fence_hands_the_service_to_the_peer() {
+    let fake = FakeResources::new(&[("guard", "on_fail = \"fence\"\n")]);
+    let Some(Run { _g, t0, demo }) = begin(DemoOptions {
+        resources: Some(fake.file()),
+        ..DemoOptions::default()
+    }) else {
+        return;
+    };
+    demo.wait_until("guard runs on head a", TAKEOVER, |s| {
+        rstate(s, "a", "guard") == "running" && rstate(s, "b", "guard") == "stopped"
+    });
+    let w = start_writer(&demo);
+    let t_fail = Instant::now();
+    std::fs::remove_file(fake.state("a", "guard")).expect("break guard");
+    demo.wait_until(
+        "head a left, head b fenced it and runs the service with guard",
+        TAKEOVER,
+        |s| {
+            !running(s, "a")
+                && is_active(s, "b")
+                && rstate(s, "b", "guard") == "running"
+                && fake.state("b", "guard").exists()
+        },
+    );
+    let s = demo.status();
+    assert!(
+        !head(&s, "b")["ha"]["last_fence"].is_null(),
+        "head b fenced head a: {}",
+        head(&s, "b")["ha"]
+    );
+    wait_acks(&demo, &w, w.acks() + 50, "50 writes after the takeover");
+    finish(&demo, w, t_fail, 50, "on-fail fence");
+    done("on-fail fence", t0);
 }
