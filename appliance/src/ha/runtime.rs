@@ -209,24 +209,23 @@ impl HaHandle {
 
     /// Run an operator command.
     pub async fn admin(&self, cmd: AdminCmd) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Admin(cmd, tx))
-            .await
-            .map_err(|_| "the HA manager is stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the HA manager is stopped".to_string())?
+        self.ask(|tx| Request::Admin(cmd, tx)).await
     }
 
     /// Run an operator command on external resources.
     pub async fn resource(&self, cmd: ResourceCmd) -> Result<(), String> {
+        self.ask(|tx| Request::Resource(cmd, tx)).await
+    }
+
+    /// Send a request that carries its reply channel and wait for the reply.
+    async fn ask(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Request,
+    ) -> Result<(), String> {
+        let stopped = || "the HA manager is stopped".to_string();
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Resource(cmd, tx))
-            .await
-            .map_err(|_| "the HA manager is stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the HA manager is stopped".to_string())?
+        self.tx.send(request(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// The newest snapshot.
